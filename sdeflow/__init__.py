@@ -1,0 +1,34 @@
+"""sdeflow: score-based diffusion models as differential equations.
+
+Forward SDEs, the reverse SDE (torchsde) and probability-flow ODE (torchdiffeq), diffusion samplers, exact
+likelihoods, training, and ONNX export (``sdeflow.export``).
+"""
+
+from __future__ import annotations
+
+from . import _source_layout  # noqa: F401  (maps the top-level export/ folder to sdeflow.export in a checkout)
+from .oracle import GaussianMixture
+from .parametrization import ContinuousTime, DDPMTimesteps, ScoreModel, ScoreSDETime, TimeLabel
+from .processes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
+from .sde import SDE, VESDE, VPSDE, DiscreteSchedule, SubVPSDE, sde_from_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "DiscreteSchedule",
+    "sde_from_config",
+    "ScoreModel",
+    "TimeLabel",
+    "ContinuousTime",
+    "DDPMTimesteps",
+    "ScoreSDETime",
+    "ForwardSDE",
+    "ReverseSDE",
+    "ProbabilityFlowODE",
+    "GaussianMixture",
+    "__version__",
+]

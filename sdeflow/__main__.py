@@ -1,0 +1,5 @@
+import sys
+
+from sdeflow.cli import main
+
+sys.exit(main())

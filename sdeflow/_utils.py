@@ -1,0 +1,53 @@
+"""Small shared helpers: broadcasting per-sample scalars and turning user time arguments into tensors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dimensions so a per-sample tensor ``v`` of shape [B] broadcasts against [B, ...].
+
+    A scalar (0-d) tensor is returned unchanged: it already broadcasts.
+    """
+    if v.ndim == 0:
+        return v
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a tensor with {v.ndim} dims to {ndim} dims")
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
+    """Return ``t`` as a tensor of shape [B] matching the batch of ``x`` (dtype and device of ``x``)."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.ndim == 0:
+        return t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(
+            f"`t` must be a scalar or have shape [B] = [{x.shape[0]}] to match `x`; got shape {tuple(t.shape)}."
+        )
+    return t
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write a file atomically: ``write(tmp_path)`` fills a temporary file in the same folder, then it is renamed.
+
+    Nothing half-written is left at ``path`` if ``write`` raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

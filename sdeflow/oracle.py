@@ -1,0 +1,160 @@
+"""Closed-form ground truth: a Gaussian mixture has an exact score and an exact density at every t.
+
+Data p_0 = sum_k w_k N(mu_k, S_k). Under any of the SDEs, x(t) = alpha x0 + sigma eps, so
+    p_t = sum_k w_k N(alpha mu_k, C_k(t)),   C_k(t) = alpha^2 S_k + sigma^2 I,
+    s(x, t) = sum_k r_k(x) * ( -C_k(t)^{-1} (x - alpha mu_k) ),   r_k = softmax_k(log w_k + log N_k(x)).
+With the eigendecomposition S_k = U_k diag(l_k) U_k^T (done once), C_k(t) = U_k diag(alpha^2 l_k + sigma^2) U_k^T, so
+inverse and log-determinant cost O(D) per component and time: any t of shape [B] is cheap. Computation is in
+float64; results come back in the dtype of ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._utils import batch_time
+from .parametrization import ScoreModel
+from .sde import SDE
+
+__all__ = ["GaussianMixture"]
+
+
+class GaussianMixture:
+    """A Gaussian mixture in R^D with exact samples, log-densities log p_t and scores s(x, t) under each SDE.
+
+    Args:
+        weights: [K] positive mixture weights (normalised here).
+        means: [K, D].
+        covariances: [K, D, D] symmetric positive definite, or [K, D] diagonals, or [K] isotropic variances.
+    """
+
+    def __init__(self, weights: Sequence[float] | Tensor, means: Tensor, covariances: Tensor) -> None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        if mu.ndim != 2:
+            raise ValueError(f"`means` must have shape [K, D]; got {tuple(mu.shape)}.")
+        k, d = mu.shape
+        if w.shape != (k,):
+            raise ValueError(f"`weights` must have shape [K] = [{k}] to match `means`; got {tuple(w.shape)}.")
+        if not torch.isfinite(w).all() or (w <= 0).any():
+            raise ValueError("`weights` must be positive and finite.")
+        if cov.shape == (k,):
+            cov = cov[:, None, None] * torch.eye(d, dtype=torch.float64)
+        elif cov.shape == (k, d):
+            cov = torch.diag_embed(cov)
+        elif cov.shape != (k, d, d):
+            raise ValueError(
+                f"`covariances` must have shape [K, D, D], [K, D] or [K] with K={k}, D={d}; got {tuple(cov.shape)}."
+            )
+        if not torch.allclose(cov, cov.transpose(1, 2), atol=1e-10):
+            raise ValueError("`covariances` must be symmetric.")
+        evals, evecs = torch.linalg.eigh(cov)
+        if (evals <= 0).any():
+            raise ValueError("`covariances` must be positive definite (an eigenvalue is <= 0).")
+        self.weights = w / w.sum()
+        self.means = mu
+        self.covariances = cov
+        self._evals = evals  # [K, D]
+        self._evecs = evecs  # [K, D, D]
+        self._chol = torch.linalg.cholesky(cov)
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.means.shape[0])
+
+    @classmethod
+    def random(
+        cls,
+        dim: int,
+        n_components: int = 4,
+        scale: float = 3.0,
+        generator: torch.Generator | None = None,
+    ) -> GaussianMixture:
+        """A random mixture: means ~ N(0, scale^2 I), random SPD covariances with eigenvalues in [0.05, 0.5]."""
+        g = generator
+        means = scale * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
+        q, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64))
+        ev = 0.05 + 0.45 * torch.rand(n_components, dim, generator=g, dtype=torch.float64)
+        cov = q @ torch.diag_embed(ev) @ q.transpose(1, 2)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        w = 0.5 + torch.rand(n_components, generator=g, dtype=torch.float64)
+        return cls(w, means, cov)
+
+    # --- moments and samples ------------------------------------------------------------------------------------
+    def mean(self) -> Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        m = self.mean()
+        second = torch.einsum("k,kij->ij", self.weights, self.covariances + self.means[:, :, None] * self.means[:, None])
+        return second - m[:, None] * m[None]
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """Exact samples from p_0, shape [n, D]."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[comp] + torch.einsum("nij,nj->ni", self._chol[comp], z)
+        return x.to(dtype)
+
+    def sample_t(
+        self, n: int, t: float, sde: SDE, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
+        """Exact samples from the marginal p_t of ``sde``, shape [n, D]."""
+        x0 = self.sample(n, generator, torch.float64)
+        tt = torch.tensor(float(t), dtype=torch.float64)
+        x = sde.alpha(tt) * x0 + sde.sigma(tt) * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        return x.to(dtype)
+
+    # --- exact density and score --------------------------------------------------------------------------------
+    def _terms(self, x: Tensor, t: Tensor | float | None, sde: SDE | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-component log w_k + log N_k(x) [B, K], rotated residuals y_k / d_k [B, K, D], and d_k [B, K, D]."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"`x` must have shape [B, D] with D = {self.dim}; got {tuple(x.shape)}.")
+        x = x.to(torch.float64)
+        if t is None:
+            alpha = torch.ones(x.shape[0], dtype=torch.float64)
+            sigma = torch.zeros(x.shape[0], dtype=torch.float64)
+        else:
+            if sde is None:
+                raise ValueError("`sde` is required when `t` is given.")
+            sde.check_time(t)
+            tb = batch_time(t, x)
+            alpha, sigma = sde.alpha(tb), sde.sigma(tb)
+        d = alpha[:, None, None] ** 2 * self._evals[None] + sigma[:, None, None] ** 2  # [B, K, D]
+        resid = x[:, None, :] - alpha[:, None, None] * self.means[None]  # [B, K, D]
+        y = torch.einsum("kji,bkj->bki", self._evecs, resid)  # U_k^T r
+        quad = (y**2 / d).sum(-1)
+        logn = -0.5 * (quad + torch.log(d).sum(-1) + self.dim * math.log(2 * math.pi))
+        return torch.log(self.weights)[None] + logn, y / d, d
+
+    def log_prob(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
+        """Exact log p_t(x) (nats, shape [B]); ``t=None`` gives the data density p_0."""
+        logits, _, _ = self._terms(x, t, sde)
+        return torch.logsumexp(logits, dim=1).to(x.dtype)
+
+    def score(self, x: Tensor, t: Tensor | float, sde: SDE) -> Tensor:
+        """Exact score grad_x log p_t(x), shape [B, D]."""
+        logits, ydiv, _ = self._terms(x, t, sde)
+        r = torch.softmax(logits, dim=1)  # [B, K]
+        comp = torch.einsum("kij,bkj->bki", self._evecs, ydiv)  # C_k^{-1} (x - alpha mu_k)
+        return -(r[:, :, None] * comp).sum(1).to(x.dtype)
+
+    def score_model(self, sde: SDE, t_min: float = 1e-7) -> ScoreModel:
+        """The exact score as a ``ScoreModel`` (prediction 'score'), ready for every sampler and solver."""
+        return ScoreModel(lambda x, t: self.score(x, t, sde), sde, prediction="score", t_min=t_min)
+
+    def prior_logp(self, sde: SDE, t: float | None = None) -> callable:
+        """The exact log p_T (or log p_t) as a function z -> [B], to use as the prior in likelihood computations."""
+        t_end = sde.T if t is None else t
+        return lambda z: self.log_prob(z, t_end, sde)

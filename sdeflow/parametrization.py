@@ -1,0 +1,216 @@
+"""Network output -> score, and the time label a network expects.
+
+A network is any callable ``net(x, label) -> out`` with ``out`` of the shape of ``x`` ([B, ...]) and ``label`` of
+shape [B]. With x_t = alpha x0 + sigma eps (MATH.md section 3), ``ScoreModel`` turns its output into the three
+quantities samplers need:
+
+    prediction   eps_hat                                    x0_hat                                   score
+    'eps'        out                                        (x - sigma eps_hat) / alpha              -eps_hat / sigma
+    'x0'         (x - alpha x0_hat) / sigma                 out                                      -(x - alpha x0_hat) / sigma^2
+    'v'          (alpha v + sigma x) / (alpha^2 + sigma^2)  (alpha x - sigma v) / (alpha^2 + sigma^2)  -eps_hat / sigma
+    'score'      -sigma s                                   (x + sigma^2 s) / alpha                  out
+
+(v = alpha eps - sigma x0; for VP alpha^2 + sigma^2 = 1 and the v formulas reduce to eps = sigma x + alpha v.)
+
+The time label is explicit, never guessed: ``ContinuousTime`` (t itself), ``DDPMTimesteps`` (integer timestep
+i = t N - 1 of a network trained on the discrete DDPM schedule, like diffusers' UNet2DModel: abar_i ~ alpha(t)^2 at
+t = (i + 1) / N) or ``ScoreSDETime`` (score_sde's t (N - 1)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import append_dims, batch_time
+from .sde import SDE
+
+__all__ = ["ScoreModel", "ContinuousTime", "DDPMTimesteps", "ScoreSDETime", "TimeLabel", "as_score_model"]
+
+Prediction = Literal["eps", "x0", "v", "score"]
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+
+
+class TimeLabel:
+    """Maps continuous time t (float64 tensor [B]) to the label a network was trained with."""
+
+    def __call__(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ContinuousTime(TimeLabel):
+    """label = t, for networks trained on continuous t in [eps, T]."""
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return t
+
+    def config(self) -> dict:
+        return {"type": "ContinuousTime"}
+
+
+@dataclass(frozen=True)
+class DDPMTimesteps(TimeLabel):
+    """label = t N - 1, the DDPM integer timestep i whose abar_i ~ alpha(t)^2 (t = (i + 1) / N), clipped to [0, N-1].
+
+    On the DDPM grid the label is an exact integer. Off the grid (continuous solvers) it is fractional, which
+    sinusoidal embeddings accept; ``integer=True`` rounds and returns int64 for networks that index an embedding
+    table (continuous solvers then see a piecewise-constant network).
+    """
+
+    N: int = 1000
+    integer: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.N) != self.N or self.N < 2:
+            raise ValueError(f"`N` must be an integer >= 2; got {self.N}.")
+
+    def __call__(self, t: Tensor) -> Tensor:
+        label = (t.double() * self.N - 1).clamp(0, self.N - 1)
+        return label.round().long() if self.integer else label
+
+    def config(self) -> dict:
+        return {"type": "DDPMTimesteps", "N": self.N, "integer": self.integer}
+
+
+@dataclass(frozen=True)
+class ScoreSDETime(TimeLabel):
+    """label = t (N - 1), the convention of score_sde's DDPM-style VP models."""
+
+    N: int = 1000
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return t * (self.N - 1)
+
+    def config(self) -> dict:
+        return {"type": "ScoreSDETime", "N": self.N}
+
+
+_TIME_LABELS: dict[str, type[TimeLabel]] = {
+    "ContinuousTime": ContinuousTime,
+    "DDPMTimesteps": DDPMTimesteps,
+    "ScoreSDETime": ScoreSDETime,
+}
+
+
+def time_label_from_config(config: dict) -> TimeLabel:
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind not in _TIME_LABELS:
+        raise ValueError(f"Unknown time label {kind!r}. Must be one of {sorted(_TIME_LABELS)}.")
+    return _TIME_LABELS[kind](**config)
+
+
+class ScoreModel(nn.Module):
+    """Wraps ``net(x, label)`` predicting eps, x0, v or the score into ``eps``, ``x0`` and ``score`` functions of (x, t).
+
+    Args:
+        net: the network (an ``nn.Module`` or any callable). Its output must have the shape of ``x``.
+        sde: the forward SDE that defines alpha(t) and sigma(t).
+        prediction: what the network predicts: 'eps', 'x0', 'v' or 'score'.
+        time_label: how t is turned into the network's time input (default: continuous t).
+        t_min: times are clamped to [t_min, T] before use, so that adaptive solvers probing slightly outside
+            [eps, T] (while choosing a first step) see finite values. It must be > 0 where sigma(0) = 0.
+
+    ``t`` is a scalar or a tensor of shape [B]; ``x`` has any shape [B, ...].
+    """
+
+    def __init__(
+        self,
+        net: Callable[[Tensor, Tensor], Tensor],
+        sde: SDE,
+        prediction: Prediction = "eps",
+        time_label: TimeLabel | None = None,
+        t_min: float = 1e-7,
+    ) -> None:
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"Invalid prediction {prediction!r}. Must be one of {PREDICTIONS}.")
+        if not isinstance(sde, SDE):
+            raise TypeError(f"`sde` must be an sdeflow SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}.")
+        if not callable(net):
+            raise TypeError(f"`net` must be callable as net(x, t); got {type(net).__name__}.")
+        if not 0 < t_min < sde.T:
+            raise ValueError(f"`t_min` must lie in (0, T); got {t_min}.")
+        self.net = net
+        self.sde = sde
+        self.prediction = prediction
+        self.time_label = time_label if time_label is not None else ContinuousTime()
+        self.t_min = float(t_min)
+
+    def _coefs(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        t = batch_time(t, x).clamp(self.t_min, self.sde.T)
+        alpha = append_dims(self.sde.alpha(t), x.ndim)
+        sigma = append_dims(self.sde.sigma(t), x.ndim)
+        return t, alpha, sigma
+
+    def _net(self, x: Tensor, t: Tensor) -> Tensor:
+        label = self.time_label(t)
+        if label.is_floating_point():
+            label = label.to(x.dtype)
+        out = self.net(x, label)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"The network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; a score network "
+                "must return a tensor of the input's shape."
+            )
+        return out
+
+    def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The noise prediction eps_hat(x, t)."""
+        t, alpha, sigma = self._coefs(x, t)
+        out = self._net(x, t)
+        if self.prediction == "eps":
+            return out
+        if self.prediction == "x0":
+            return (x - alpha * out) / sigma
+        if self.prediction == "v":
+            return (alpha * out + sigma * x) / (alpha**2 + sigma**2)
+        return -sigma * out
+
+    def x0(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The data prediction x0_hat(x, t) (Tweedie's denoiser)."""
+        t, alpha, sigma = self._coefs(x, t)
+        out = self._net(x, t)
+        if self.prediction == "eps":
+            return (x - sigma * out) / alpha
+        if self.prediction == "x0":
+            return out
+        if self.prediction == "v":
+            return (alpha * x - sigma * out) / (alpha**2 + sigma**2)
+        return (x + sigma**2 * out) / alpha
+
+    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The score s(x, t) = grad_x log p_t(x)."""
+        t, alpha, sigma = self._coefs(x, t)
+        out = self._net(x, t)
+        if self.prediction == "score":
+            return out
+        if self.prediction == "x0":
+            return -(x - alpha * out) / sigma**2
+        if self.prediction == "v":
+            return -(alpha * out + sigma * x) / ((alpha**2 + sigma**2) * sigma)
+        return -out / sigma
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        return self.score(x, t)
+
+
+def as_score_model(score: ScoreModel | Callable[[Tensor, Tensor], Tensor], sde: SDE) -> ScoreModel:
+    """Accept a ``ScoreModel`` as is, or treat a plain callable ``score(x, t)`` as a score-predicting network."""
+    if isinstance(score, ScoreModel):
+        if type(score.sde) is not type(sde) or score.sde.config() != sde.config():
+            raise ValueError(
+                f"The score model was built for {score.sde!r} but is used with {sde!r}; pass the same SDE."
+            )
+        return score
+    if not callable(score):
+        raise TypeError(f"`score` must be a ScoreModel or a callable score(x, t); got {type(score).__name__}.")
+    return ScoreModel(score, sde, prediction="score")
