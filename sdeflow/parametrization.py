@@ -4,11 +4,11 @@ A network is any callable ``net(x, label) -> out`` with ``out`` of the shape of 
 shape [B]. With x_t = alpha x0 + sigma eps (MATH.md section 3), ``ScoreModel`` turns its output into the three
 quantities samplers need:
 
-    prediction   eps_hat                                    x0_hat                                   score
-    'eps'        out                                        (x - sigma eps_hat) / alpha              -eps_hat / sigma
-    'x0'         (x - alpha x0_hat) / sigma                 out                                      -(x - alpha x0_hat) / sigma^2
-    'v'          (alpha v + sigma x) / (alpha^2 + sigma^2)  (alpha x - sigma v) / (alpha^2 + sigma^2)  -eps_hat / sigma
-    'score'      -sigma s                                   (x + sigma^2 s) / alpha                  out
+    prediction  eps_hat                                   x0_hat                                    score
+    'eps'       out                                       (x - sigma eps_hat) / alpha               -eps_hat/sigma
+    'x0'        (x - alpha x0_hat) / sigma                out                                       -eps_hat/sigma
+    'v'         (alpha v + sigma x) / (alpha^2 + sigma^2) (alpha x - sigma v) / (alpha^2 + sigma^2) -eps_hat/sigma
+    'score'     -sigma s                                  (x + sigma^2 s) / alpha                   out
 
 (v = alpha eps - sigma x0; for VP alpha^2 + sigma^2 = 1 and the v formulas reduce to eps = sigma x + alpha v.)
 
@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time
@@ -109,7 +108,7 @@ def time_label_from_config(config: dict) -> TimeLabel:
 
 
 class ScoreModel(nn.Module):
-    """Wraps ``net(x, label)`` predicting eps, x0, v or the score into ``eps``, ``x0`` and ``score`` functions of (x, t).
+    """Wraps ``net(x, label)`` predicting eps, x0, v or the score into ``eps``, ``x0`` and ``score`` of (x, t).
 
     Args:
         net: the network (an ``nn.Module`` or any callable). Its output must have the shape of ``x``.

@@ -39,7 +39,7 @@ class _TorchsdeModule(nn.Module):
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, sde: SDE, sample_shape: tuple[int, ...] | torch.Size | None) -> None:
+    def __init__(self, sde: SDE, sample_shape: tuple[int, ...] | torch.Size | None = None) -> None:
         super().__init__()
         if not isinstance(sde, SDE):
             raise TypeError(f"`sde` must be an sdeflow SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}.")
