@@ -7,10 +7,15 @@ likelihoods, training, and ONNX export (``sdeflow.export``).
 from __future__ import annotations
 
 from . import _source_layout  # noqa: F401  (maps the top-level export/ folder to sdeflow.export in a checkout)
+from .checkpoint import Checkpoint, load, save
+from .compare import CompareResult, compare
+from .data import DATASETS, Dataset, load_dataset
 from .oracle import GaussianMixture
 from .parametrization import ContinuousTime, DDPMTimesteps, ScoreModel, ScoreSDETime, TimeLabel
 from .processes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
+from .sampling import SampleResult, sample
 from .sde import SDE, VESDE, VPSDE, DiscreteSchedule, SubVPSDE, sde_from_config
+from .train import TrainConfig, TrainResult  # the function is sdeflow.train.train (the module keeps its name)
 
 __version__ = "0.1.0"
 
@@ -30,5 +35,17 @@ __all__ = [
     "ReverseSDE",
     "ProbabilityFlowODE",
     "GaussianMixture",
+    "sample",
+    "SampleResult",
+    "compare",
+    "CompareResult",
+    "Dataset",
+    "DATASETS",
+    "load_dataset",
+    "Checkpoint",
+    "save",
+    "load",
+    "TrainConfig",
+    "TrainResult",
     "__version__",
 ]

@@ -10,6 +10,12 @@ import sys
 # name -> module (in sdeflow.cli)
 COMMANDS: dict[str, str] = {
     "quickstart": "quickstart",
+    "sample": "sample",
+    "compare": "compare",
+    "train": "train",
+    "likelihood": "likelihood",
+    "export": "export",
+    "run-onnx": "run_onnx",
 }
 
 

@@ -1,0 +1,141 @@
+"""Training: loss decreases and samples match the oracle mixture; exact resume; 2-process gloo DDP run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchdiffeq
+from safetensors.torch import load_file
+
+import sdeflow
+from sdeflow import ProbabilityFlowODE
+from sdeflow.data import gmm_oracle
+from sdeflow.train import TrainConfig, train
+
+TINY = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small networks: threads only add overhead on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+def test_training_on_the_oracle_mixture_learns_its_distribution(tmp_path):
+    cfg = TrainConfig(data="gmm", steps=300, batch_size=256, warmup=20, lr=3e-3, eval_every=100,
+                      checkpoint_every=300, ema_decay=0.99)
+    result = train(cfg, tmp_path / "run")
+    first, last = sum(result.loss[:20]) / 20, sum(result.loss[-50:]) / 50
+    assert last < 0.5 * first
+    assert result.test_loss[-1][1] < result.test_loss[0][1]
+    # the test loss approaches the oracle's own loss (its irreducible minimum), same times and noise
+    ck = sdeflow.load(tmp_path / "run")
+    gm = gmm_oracle()
+    from sdeflow.data import load_dataset
+    from sdeflow.losses import DSMLoss
+    from sdeflow.train import test_loss
+
+    oracle = test_loss(gm.score_model(ck.sde), load_dataset("gmm", "test"), DSMLoss(), 512, seed=cfg.seed + 1)
+    assert result.test_loss[-1][1] < 1.15 * oracle
+    # samples through the probability-flow ODE (T -> t = 0.01) match the mean and covariance of the exact p_t
+    n, t_end = 2000, 0.01
+    x_T = ck.sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0))
+    ode = ProbabilityFlowODE(ck.sde, ck.score_model)
+    with torch.no_grad():
+        x = torchdiffeq.odeint(ode, x_T, torch.tensor([1.0, t_end]), method="dopri5", rtol=1e-4, atol=1e-4)[-1]
+    x = x.double()
+    tt = torch.tensor(t_end, dtype=torch.float64)
+    alpha, sigma = ck.sde.alpha(tt), ck.sde.sigma(tt)
+    mean, cov = alpha * gm.mean(), alpha**2 * gm.covariance() + sigma**2 * torch.eye(2, dtype=torch.float64)
+    mean_se = (cov.diagonal() / n).sqrt()
+    # statistical error (5 standard errors) plus a model-error allowance of 0.05 (std ~1 data)
+    assert ((x.mean(0) - mean).abs() < 5 * mean_se + 0.05).all(), (x.mean(0), mean)
+    cov_se = math.sqrt(2 / n) * cov.diagonal().max()
+    assert ((torch.cov(x.T) - cov).abs() < 5 * cov_se + 0.1).all(), (torch.cov(x.T), cov)
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = TrainConfig(data="moons", model=TINY, steps=20, batch_size=32, warmup=5, eval_every=10,
+                      checkpoint_every=10)
+    full = train(cfg, tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def crash(event):
+        if event.step == 10:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "part", callback=crash)
+    assert sdeflow.load(tmp_path / "part").config["extra"]["train"]["step"] == 10
+    resumed = train(cfg, tmp_path / "part", resume=True)
+    assert resumed.loss == full.loss and resumed.test_loss == full.test_loss
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "part" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"the training config differs in \['lr'\]"):
+        train(TrainConfig(**{**cfg.__dict__, "lr": 1e-4}), tmp_path / "part", resume=True)
+    with pytest.raises(FileNotFoundError, match="Cannot resume"):
+        train(cfg, tmp_path / "empty", resume=True)
+
+
+def test_two_process_gloo_ddp_equals_single_process(tmp_path):
+    args = ["--data", "gmm", "--steps", "12", "--batch-size", "64", "--warmup", "4", "--eval-every", "6",
+            "--checkpoint-every", "12", "--model", '{"type": "mlp", "dim": 2, "width": 32, "depth": 1}',
+            "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sdeflow", "train", *args, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = sdeflow.load(tmp_path / "ddp")
+    assert ddp.config["extra"]["train"]["world_size"] == 2
+    single = train(TrainConfig(data="gmm", model=TINY, steps=12, batch_size=64, warmup=4, eval_every=6,
+                               checkpoint_every=12), tmp_path / "single")
+    ref = sdeflow.load(tmp_path / "single")
+    assert ref.config["extra"]["train"]["world_size"] == 1
+    for (k, a), (_, b) in zip(ref.net.state_dict().items(), ddp.net.state_dict().items(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+    raw_single = load_file(tmp_path / "single" / "train_state.safetensors")
+    raw_ddp = load_file(tmp_path / "ddp" / "train_state.safetensors")
+    moved = max((raw_single[k] - sdeflow.load(tmp_path / "single").net.state_dict()[k[4:]]).abs().max()
+                for k in raw_single if k.startswith("net."))
+    assert moved > 0  # the weights did train
+    for k in raw_single:
+        if k.startswith("net."):
+            torch.testing.assert_close(raw_ddp[k], raw_single[k], rtol=1e-4, atol=1e-5, msg=k)
+    import json
+
+    hist_ddp = json.loads((tmp_path / "ddp" / "train_state.json").read_text())["loss"]
+    for a, b in zip(single.loss, hist_ddp, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_cli_train_errors_and_quickstart_smoke(tmp_path, capsys):
+    from sdeflow.cli import main
+
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "Unknown data set 'mnist'" in capsys.readouterr().err
+    assert main(["train", "--data", "moons", "--model", "{bad", "--out", str(tmp_path / "x")]) == 2
+    assert "--model must be a JSON object" in capsys.readouterr().err
+    # the main job's plumbing, at toy size: outputs are written and the report is complete
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--steps", "3", "--n-test", "2", "--n-samples", "4", "--out", str(out),
+                 "--no-progress"]) == 0
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert {"model", "gaussian", "model_stderr", "difference_stderr"} <= set(report["test_bpd"])
+    assert [r["sampler"].split(",")[0] for r in report["samplers"]] == [
+        "DDIM", "DPM-Solver++(2M)", "adaptive PF-ODE (dopri5)"]
+    assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+    assert sdeflow.load(out / "model").sample_shape == (1, 8, 8)
