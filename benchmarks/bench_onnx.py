@@ -22,15 +22,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from sdeflow import VPSDE, ScoreModel
 from sdeflow.export import OnnxSampler, export_ddim
 from sdeflow.export.graph import UnrolledDDIM
 from sdeflow.export.runtime import ddim_plan
+
+from sdeflow import VPSDE, ScoreModel
 from sdeflow.models import build_model, default_model_config
 from sdeflow.sampling import sample
 
@@ -63,62 +64,74 @@ def _timeit(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_cpu(kind: str, batches: tuple[int, ...], repeats: int, compile_: bool, threads: int | None,
-              tmp: Path) -> list[dict]:
+def _rel(a: object, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(_as_numpy(a).astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def _rows(kind: str, b: int, fns: dict[str, Callable[[], object]], base: str, repeats: int) -> list[dict]:
+    with torch.no_grad():
+        ref = np.asarray(_as_numpy(fns[base]()), np.float64)
+        med = _timeit(fns, repeats, budget_s=45.0)
+        errs = {k: _rel(fn(), ref) for k, fn in fns.items()}
+    return [
+        {"model": kind, "batch": b, "contender": k, "ms": 1e3 * v, "speedup": med[base] / v, "rel_err": errs[k]}
+        for k, v in med.items()
+    ]
+
+
+def _as_numpy(a: object) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def bench_cpu(kind: str, batches: tuple[int, ...], repeats: int, compile_: bool, threads: int, tmp: Path) -> list[dict]:
     model, shape = _model(kind)
-    sde = model.sde
-    t0 = time.perf_counter()
     rep = export_ddim(model, tmp / f"{kind}.onnx", steps=STEPS, sample_shape=shape, batch_sizes=(1, 7))
-    export_s = time.perf_counter() - t0
-    rep_scan = export_ddim(model, tmp / f"{kind}_scan.onnx", steps=STEPS, sample_shape=shape, dynamic_steps=True,
-                           batch_sizes=(1, 7))
+    scan = export_ddim(
+        model, tmp / f"{kind}_scan.onnx", steps=STEPS, sample_shape=shape, dynamic_steps=True, batch_sizes=(1, 7)
+    )
+    params = sum(p.numel() for p in model.net.parameters())
+    print(
+        f"{kind}: {params} parameters; unrolled export {rep.export_seconds:.1f} s ({rep.nodes} nodes, parity "
+        f"{max(rep.parity.values()):.1e}); scan export {scan.export_seconds:.1f} s ({scan.nodes} nodes)",
+        flush=True,
+    )
     ort_unrolled = OnnxSampler(rep.path, providers="cpu", threads=threads)
-    ort_scan = OnnxSampler(rep_scan.path, providers="cpu", threads=threads)
+    ort_scan = OnnxSampler(scan.path, providers="cpu", threads=threads)
     plan = ddim_plan(rep.config, STEPS)
     fused = UnrolledDDIM(model.net, plan, torch.float32, broadcast_label=False)
     compiled = None
     if compile_:
-        try:
-            cnet = torch.compile(model.net, dynamic=False)
-            compiled = UnrolledDDIM(cnet, plan, torch.float32, broadcast_label=False)
-        except Exception as err:  # noqa: BLE001
-            print(f"  torch.compile unavailable: {err}")
-    rows = []
+        compiled = UnrolledDDIM(torch.compile(model.net, dynamic=False), plan, torch.float32, broadcast_label=False)
+    rows: list[dict] = []
     for b in batches:
         x_np, _ = ort_unrolled.draw(b, 0, STEPS)
         x = torch.from_numpy(x_np)
-
-        def run_sample() -> torch.Tensor:
-            return sample(model, sde, x, method="ddim", steps=STEPS).samples
-
+        t0 = time.perf_counter()
+        ort_unrolled.run(x_np)  # first use of this batch size builds its session
+        ort_scan.run(x_np)
+        print(f"  B={b}: ORT session start-up (unrolled + scan) {time.perf_counter() - t0:.1f} s", flush=True)
         fns: dict[str, Callable[[], object]] = {
-            "torch eager (sample)": run_sample,
-            "torch eager (fused)": lambda: fused(x),
-            "ORT unrolled": lambda: ort_unrolled.run(x_np),
-            "ORT scan": lambda: ort_scan.run(x_np),
+            "torch eager (sdeflow.sample)": partial(sample, model, model.sde, x, method="ddim", steps=STEPS),
+            "torch eager (fused loop)": partial(fused, x),
+            "ORT unrolled": partial(ort_unrolled.run, x_np),
+            "ORT scan (dynamic steps)": partial(ort_scan.run, x_np),
         }
-        ref = run_sample().numpy()
+        fns["torch eager (sdeflow.sample)"] = partial(_samples, fns["torch eager (sdeflow.sample)"])
         if compiled is not None:
             try:
+                t0 = time.perf_counter()
                 with torch.no_grad():
-                    t_c = time.perf_counter()
                     compiled(x)
-                    print(f"  torch.compile warm-up (B={b}): {time.perf_counter() - t_c:.1f} s")
-                fns["torch.compile"] = lambda: compiled(x)
-            except Exception as err:  # noqa: BLE001
-                print(f"  torch.compile failed: {type(err).__name__}: {str(err)[:200]}")
-        with torch.no_grad():
-            med = _timeit(fns, repeats, budget_s=60.0)
-            errs = {k: float(np.linalg.norm(np.asarray(fn(), np.float32) - ref) / np.linalg.norm(ref))
-                    for k, fn in fns.items()}
-        base = med["torch eager (sample)"]
-        for name, sec in med.items():
-            rows.append({"model": kind, "batch": b, "contender": name, "ms": 1e3 * sec, "speedup": base / sec,
-                         "rel_err": errs[name]})
-    params = sum(p.numel() for p in model.net.parameters())
-    print(f"{kind}: {params} parameters; unrolled export {export_s:.1f} s ({rep.nodes} nodes), "
-          f"scan export {rep_scan.export_seconds:.1f} s; parity {max(rep.parity.values()):.1e}")
+                print(f"  B={b}: torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
+                fns["torch.compile (fused loop)"] = partial(compiled, x)
+            except Exception as err:  # noqa: BLE001 - report and go on without it
+                print(f"  torch.compile failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
+        rows += _rows(kind, b, fns, "torch eager (sdeflow.sample)", repeats)
     return rows
+
+
+def _samples(fn: Callable[[], object]) -> torch.Tensor:
+    return fn().samples
 
 
 def bench_cuda(kind: str, batches: tuple[int, ...], repeats: int, tmp: Path) -> list[dict]:
@@ -128,44 +141,44 @@ def bench_cuda(kind: str, batches: tuple[int, ...], repeats: int, tmp: Path) -> 
     ort_cuda = OnnxSampler(rep.path, providers="cuda")
     if ort_cuda.device != "cuda":
         raise SystemExit(f"The CUDA execution provider did not load (providers: {ort_cuda.providers}).")
-    plan = ddim_plan(rep.config, STEPS)
-    net = model.net.cuda()
-    fused = UnrolledDDIM(net, plan, torch.float32, broadcast_label=False)
-    rows = []
+    fused = UnrolledDDIM(model.net.cuda(), ddim_plan(rep.config, STEPS), torch.float32, broadcast_label=False)
+    rows: list[dict] = []
     for b in batches:
         x_np, _ = ort_cuda.draw(b, 0, STEPS)
         x = torch.from_numpy(x_np).cuda()
-        static_in = x.clone()
-        with torch.no_grad():
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    fused(static_in)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = fused(static_in)
-
-        def eager() -> np.ndarray:
-            with torch.no_grad():
-                return fused(x).cpu().numpy()
-
-        def cuda_graph() -> np.ndarray:
-            static_in.copy_(x)
-            graph.replay()
-            return static_out.cpu().numpy()
-
-        fns = {"torch eager (fused, CUDA)": eager, "torch CUDA graph": cuda_graph,
-               "ORT CUDA EP + I/O binding": lambda: ort_cuda.run(x_np)}
-        med = _timeit(fns, repeats, budget_s=60.0)
-        ref = eager()
-        base = med["torch eager (fused, CUDA)"]
-        for name, sec in med.items():
-            err = float(np.linalg.norm(fns[name]() - ref) / np.linalg.norm(ref))
-            rows.append({"model": kind, "batch": b, "contender": name, "ms": 1e3 * sec, "speedup": base / sec,
-                         "rel_err": err})
+        graph, static_in, static_out = _capture(fused, x)
+        fns: dict[str, Callable[[], object]] = {
+            "torch eager CUDA (fused loop)": partial(_sync, fused, x),
+            "torch CUDA graph (fused loop)": partial(_replay, graph, static_in, static_out, x),
+            "ORT CUDA EP + I/O binding": partial(ort_cuda.run, x_np),
+        }
+        rows += _rows(kind, b, fns, "torch eager CUDA (fused loop)", repeats)
     return rows
+
+
+def _capture(module: torch.nn.Module, x: torch.Tensor) -> tuple[object, torch.Tensor, torch.Tensor]:
+    static_in = x.clone()
+    with torch.no_grad():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                module(static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = module(static_in)
+    return graph, static_in, static_out
+
+
+def _sync(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    return module(x).cpu().numpy()  # .cpu() synchronises, like the ORT call that returns host memory
+
+
+def _replay(graph: object, static_in: torch.Tensor, static_out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
+    static_in.copy_(x)
+    graph.replay()
+    return static_out.cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,24 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="mlp,unet")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for ORT (default: all cores)")
+    p.add_argument("--threads", type=int, default=1, help="threads for torch and ORT alike (default: 1)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--cuda", action="store_true", help="benchmark the CUDA execution provider instead")
     args = p.parse_args(argv)
     batches = tuple(int(b) for b in args.batches.split(","))
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), DDIM S={STEPS}, batches {batches}")
-    rows: list[dict] = []
+    print(f"\n| model | batch | contender | ms per DDIM run (S={STEPS}) | speed-up | rel. error |")
+    print("|---|---:|---|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.models.split(","):
             if args.cuda:
-                rows += bench_cuda(kind, batches, args.repeats, Path(tmp))
+                rows = bench_cuda(kind, batches, args.repeats, Path(tmp))
             else:
-                rows += bench_cpu(kind, batches, args.repeats, not args.no_compile, args.threads, Path(tmp))
-    print(f"\n| model | batch | contender | ms per DDIM run (S={STEPS}) | speed-up vs eager | rel. error |")
-    print("|---|---:|---|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['batch']} | {r['contender']} | {r['ms']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['rel_err']:.1e} |")
+                rows = bench_cpu(kind, batches, args.repeats, not args.no_compile, args.threads, Path(tmp))
+            for r in rows:
+                print(
+                    f"| {r['model']} | {r['batch']} | {r['contender']} | {r['ms']:.2f} | {r['speedup']:.2f}x | "
+                    f"{r['rel_err']:.1e} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``export_ddim``: one ONNX file that turns x_T (and, for eta > 0, the step noise) into x_0 with a fixed-step DDIM loop.
+"""``export_ddim``: one ONNX file that turns x_T (and, for eta > 0, the step noise) into x_0 with fixed-step DDIM.
 
 The network and all S steps are traced into one graph (``torch.onnx.export(..., dynamo=False)``). The schedule is
 computed in float64 by ``runtime.ddim_plan`` and enters the graph as constants (unrolled graph) or as the inputs
@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
 from .._utils import atomic_write
 from ..parametrization import DDPMTimesteps, ScoreModel
+from ..sampling import DEFAULT_GRIDS
 from ..sde import VPSDE
 from .graph import DDIMStep, UnrolledDDIM
+from .onnx_graphs import has_subgraphs, scan_graph, unrolled_graph
 from .runtime import CONTINUOUS_GRIDS, DISCRETE_SPACINGS, FORMAT, DDIMPlan, OnnxSampler, ddim_plan
 from .verify import parity
 
@@ -72,7 +75,8 @@ class ExportReport:
         return (
             f"{self.path} ({self.size_bytes / 1e6:.2f} MB, {self.nodes} nodes, "
             f"{'dynamic' if self.dynamic_steps else self.steps} steps, eta={self.eta}): checker "
-            f"{'ok' if self.checker_ok else 'FAILED'}, shape inference {'ok' if self.shape_inference_ok else 'FAILED'}, "
+            f"{'ok' if self.checker_ok else 'FAILED'}, "
+            f"shape inference {'ok' if self.shape_inference_ok else 'FAILED'}, "
             f"onnxruntime vs {self.reference}: {errs} (tolerance {self.rtol:g})"
         )
 
@@ -84,7 +88,9 @@ def _resolve(model: Any, sample_shape: tuple[int, ...] | None) -> tuple[ScoreMod
         try:
             from ..checkpoint import load
         except ImportError as err:
-            raise ValueError(f"Loading checkpoint {model} needs sdeflow.checkpoint, which is unavailable: {err}") from None
+            raise ValueError(
+                f"Loading checkpoint {model} needs sdeflow.checkpoint, which is unavailable: {err}"
+            ) from None
         model = load(model)
     if hasattr(model, "score_model") and hasattr(model, "sample_shape"):  # an sdeflow Checkpoint
         data_info = dict(getattr(model, "data_info", None) or {}) or None
@@ -121,8 +127,15 @@ def _trace(module: torch.nn.Module, args: tuple, names: list[str], dynamic: dict
         warnings.simplefilter("always")
         try:
             torch.onnx.export(
-                module, args, buf, input_names=names, output_names=["x_0"], dynamic_axes=dynamic,
-                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                module,
+                args,
+                buf,
+                input_names=names,
+                output_names=["x_0"],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
             )
         except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "not exportable"
             raise OnnxExportError(
@@ -130,8 +143,14 @@ def _trace(module: torch.nn.Module, args: tuple, names: list[str], dynamic: dict
                 "export_ddim needs a forward pass that torch.jit.trace can follow: tensor operations with ONNX "
                 "equivalents, no data-dependent Python control flow, no .item()/.numpy()/.tolist() on tensors."
             ) from err
-    tracer = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-    unsafe = [w for w in tracer if w.startswith("Converting a tensor to a")]
+    traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    tracer = [str(w.message).splitlines()[0] for w in traced]
+    torch_dir = str(Path(torch.__file__).parent)  # torch's own shape checks (e.g. group_norm's) are benign
+    unsafe = [
+        str(w.message).splitlines()[0]
+        for w in traced
+        if str(w.message).startswith("Converting a tensor to a") and not str(w.filename).startswith(torch_dir)
+    ]
     if unsafe:
         raise OnnxExportError(
             f"The network's forward turns a tensor into a Python value while tracing ({unsafe[0]}): the ONNX "
@@ -139,27 +158,6 @@ def _trace(module: torch.nn.Module, args: tuple, names: list[str], dynamic: dict
             "tensor operations (torch.where instead of if, no .item()) and export again."
         )
     return onnx.load_from_string(buf.getvalue()), tracer
-
-
-def _scan_graph(step: onnx.ModelProto, eta: float, shape: tuple[int, ...], label_elem: int) -> onnx.ModelProto:
-    """Wrap the traced single step into Scan(x_T; timesteps, coefficients[, noise]) -> x_0."""
-    from onnx import TensorProto, helper
-
-    body = step.graph
-    body.name = "ddim_step"
-    dims = ["B", *shape]
-    inputs = [helper.make_tensor_value_info("x_T", TensorProto.FLOAT, dims),
-              helper.make_tensor_value_info("timesteps", label_elem, ["S"]),
-              helper.make_tensor_value_info("coefficients", TensorProto.FLOAT, ["S", 3])]
-    scan_inputs = ["x_T", "timesteps", "coefficients"]
-    if eta > 0:
-        inputs.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["S", *dims]))
-        scan_inputs.append("noise")
-    node = helper.make_node("Scan", scan_inputs, ["x_0"], body=body, num_scan_inputs=len(scan_inputs) - 1)
-    graph = helper.make_graph([node], "sdeflow_ddim_scan", inputs,
-                              [helper.make_tensor_value_info("x_0", TensorProto.FLOAT, dims)])
-    return helper.make_model(graph, opset_imports=list(step.opset_import), ir_version=step.ir_version,
-                             producer_name="sdeflow")
 
 
 def _check(model: onnx.ModelProto) -> tuple[bool, bool]:
@@ -176,28 +174,44 @@ def _check(model: onnx.ModelProto) -> tuple[bool, bool]:
     return checker_ok, shapes_ok
 
 
-def _config(score_model: ScoreModel, grid: str | None, eps: float, rho: float, set_alpha_to_one: bool | None,
-            steps_offset: int, eta: float) -> dict:
+def _config(
+    score_model: ScoreModel,
+    grid: str | None,
+    eps: float,
+    rho: float,
+    set_alpha_to_one: bool | None,
+    steps_offset: int,
+    eta: float,
+) -> dict:
     """The JSON that rebuilds the DDIM plan (``runtime.ddim_plan``), with sdeflow.sample's defaults."""
     sde, label = score_model.sde, score_model.time_label
     discrete_model = isinstance(label, DDPMTimesteps)
-    if grid is None:
-        grid = "leading" if discrete_model else "logsnr"
+    if grid is None:  # sdeflow.sample's default for method='ddim'
+        grid = "leading" if discrete_model else DEFAULT_GRIDS["ddim"]
     if grid not in CONTINUOUS_GRIDS + DISCRETE_SPACINGS:
         raise ValueError(f"Invalid grid {grid!r}. Must be one of {CONTINUOUS_GRIDS + DISCRETE_SPACINGS}.")
     if grid in DISCRETE_SPACINGS and not isinstance(sde, VPSDE):
-        raise ValueError(f"The discrete spacing {grid!r} needs a VPSDE (the DDPM schedule); got {sde!r}. "
-                         f"Use a continuous grid {CONTINUOUS_GRIDS}.")
+        raise ValueError(
+            f"The discrete spacing {grid!r} needs a VPSDE (the DDPM schedule); got {sde!r}. "
+            f"Use a continuous grid {CONTINUOUS_GRIDS}."
+        )
     if grid in CONTINUOUS_GRIDS and not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps!r}.")
     if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
         raise ValueError(f"`eta` must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta!r}.")
     probe = label(torch.tensor([0.5], dtype=torch.float64))
     return {
-        "grid": grid, "sde": sde.config(), "T": sde.T, "eps": float(eps), "rho": float(rho),
+        "grid": grid,
+        "sde": sde.config(),
+        "T": sde.T,
+        "eps": float(eps),
+        "rho": float(rho),
         "set_alpha_to_one": grid in DISCRETE_SPACINGS if set_alpha_to_one is None else bool(set_alpha_to_one),
-        "N": label.N if discrete_model else 1000, "steps_offset": int(steps_offset), "eta": float(eta),
-        "prediction": score_model.prediction, "time_label": label.config(),
+        "N": label.N if discrete_model else 1000,
+        "steps_offset": int(steps_offset),
+        "eta": float(eta),
+        "prediction": score_model.prediction,
+        "time_label": label.config(),
         "label_dtype": "float32" if probe.is_floating_point() else "int64",
     }
 
@@ -226,8 +240,9 @@ def export_ddim(
 
     The DDIM is the one of ``sdeflow.sample(model, sde, method='ddim', steps=S, eta=eta, grid=grid, ...)``, with
     the same defaults: grid 'leading' (diffusers' DDIM spacing on the discrete DDPM schedule) for networks
-    labelled with ``DDPMTimesteps``, else 'logsnr' on [eps, T]; the last step goes to abar = 1 on the discrete
-    schedule and stops at t = eps on continuous grids unless ``set_alpha_to_one`` says otherwise.
+    labelled with ``DDPMTimesteps``, else ``sdeflow.sampling.DEFAULT_GRIDS['ddim']`` on [eps, T]; the last step
+    goes to abar = 1 on the discrete schedule and stops at t = eps on continuous grids unless
+    ``set_alpha_to_one`` says otherwise.
 
     Args:
         model_or_checkpoint: a ``ScoreModel``, an sdeflow ``Checkpoint`` or a checkpoint folder.
@@ -265,10 +280,21 @@ def export_ddim(
         sampler = OnnxSampler(path, providers="cpu", threads=1)
         errors, reference = parity(score_model, sampler, config, steps, batch_sizes, seed)
     report = ExportReport(
-        path=path, steps=steps, eta=float(eta), dynamic_steps=dynamic_steps, sample_shape=shape, config=config,
-        nodes=_count_nodes(proto.graph), size_bytes=path.stat().st_size, checker_ok=checker_ok,
-        shape_inference_ok=shapes_ok, parity=errors, rtol=rtol, reference=reference,
-        export_seconds=time.perf_counter() - t0, tracer_warnings=tuple(dict.fromkeys(tracer)),
+        path=path,
+        steps=steps,
+        eta=float(eta),
+        dynamic_steps=dynamic_steps,
+        sample_shape=shape,
+        config=config,
+        nodes=_count_nodes(proto.graph),
+        size_bytes=path.stat().st_size,
+        checker_ok=checker_ok,
+        shape_inference_ok=shapes_ok,
+        parity=errors,
+        rtol=rtol,
+        reference=reference,
+        export_seconds=time.perf_counter() - t0,
+        tracer_warnings=tuple(dict.fromkeys(tracer)),
     )
     if strict and verify and not report.verified:
         path.unlink(missing_ok=True)
@@ -277,8 +303,16 @@ def export_ddim(
     return report
 
 
-def _build(net: Any, plan: DDIMPlan, shape: tuple[int, ...], label_dtype: torch.dtype, eta: float,
-           dynamic_steps: bool, fold: bool, seed: int) -> tuple[onnx.ModelProto, list[str]]:
+def _build(
+    net: Any,
+    plan: DDIMPlan,
+    shape: tuple[int, ...],
+    label_dtype: torch.dtype,
+    eta: float,
+    dynamic_steps: bool,
+    fold: bool,
+    seed: int,
+) -> tuple[onnx.ModelProto, list[str]]:
     """Trace the unrolled loop (or one step wrapped in a Scan) into an ONNX model."""
     was_training = getattr(net, "training", False)
     if isinstance(net, torch.nn.Module):
@@ -299,25 +333,36 @@ def _build(net: Any, plan: DDIMPlan, shape: tuple[int, ...], label_dtype: torch.
             raise ValueError(f"The network must return a tensor of the input's shape {tuple(x.shape)}; got {got}.")
         broadcast = fold and _broadcasts_label(net, shape, first, label_dtype)
         with torch.no_grad():
-            if not dynamic_steps:
-                noise = torch.randn((plan.steps, 2, *shape)) if eta > 0 else None
-                names = ["x_T"] + (["noise"] if eta > 0 else [])
-                dims = {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}}
-                module = UnrolledDDIM(net, plan, label_dtype, broadcast)
-                return _trace(module, (x, noise) if eta > 0 else (x,), names, dims)
             args = (x, torch.tensor(first, dtype=label_dtype), torch.zeros(3)) + ((x,) if eta > 0 else ())
             names = ["x", "label", "coef"] + (["z"] if eta > 0 else [])
-            step, tracer = _trace(DDIMStep(net, broadcast, eta > 0), args, names,
-                                  {"x": {0: "B"}, "z": {0: "B"}, "x_0": {0: "B"}})
-            elem = onnx.TensorProto.INT64 if label_dtype == torch.int64 else onnx.TensorProto.FLOAT
-            return _scan_graph(step, eta, shape, elem), tracer
+            step, tracer = _trace(
+                DDIMStep(net, broadcast, eta > 0), args, names, {"x": {0: "B"}, "z": {0: "B"}, "x_0": {0: "B"}}
+            )
+            if dynamic_steps:
+                elem = onnx.TensorProto.INT64 if label_dtype == torch.int64 else onnx.TensorProto.FLOAT
+                return scan_graph(step, eta, shape, elem), tracer
+            if not has_subgraphs(step.graph):
+                dtype = np.int64 if label_dtype == torch.int64 else np.float32
+                return unrolled_graph(step, plan, dtype, eta, shape), tracer
+            noise = torch.randn((plan.steps, 2, *shape)) if eta > 0 else None  # trace the whole loop instead
+            names = ["x_T"] + (["noise"] if eta > 0 else [])
+            dims = {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}}
+            module = UnrolledDDIM(net, plan, label_dtype, broadcast)
+            return _trace(module, (x, noise) if eta > 0 else (x,), names, dims)
     finally:
         if isinstance(net, torch.nn.Module):
             net.train(was_training)
 
 
-def _set_metadata(proto: onnx.ModelProto, config: dict, steps: int, shape: tuple[int, ...],
-                  score_model: ScoreModel, dynamic_steps: bool, data_info: dict | None) -> None:
+def _set_metadata(
+    proto: onnx.ModelProto,
+    config: dict,
+    steps: int,
+    shape: tuple[int, ...],
+    score_model: ScoreModel,
+    dynamic_steps: bool,
+    data_info: dict | None,
+) -> None:
     from .. import __version__
 
     eta = config["eta"]
@@ -325,15 +370,23 @@ def _set_metadata(proto: onnx.ModelProto, config: dict, steps: int, shape: tuple
     inputs += "; noise float32 [S, B, *sample_shape]" if eta > 0 else ""
     inputs += f"; timesteps {config['label_dtype']} [S]; coefficients float32 [S, 3]" if dynamic_steps else ""
     props = {
-        "sdeflow.format": FORMAT, "sdeflow.version": __version__, "sdeflow.config": json.dumps(config),
-        "sdeflow.sde": json.dumps(config["sde"]), "sdeflow.grid": config["grid"],
-        "sdeflow.schedule": "discrete DDPM (abar_i, N=%d)" % config["N"] if config["grid"] in DISCRETE_SPACINGS
+        "sdeflow.format": FORMAT,
+        "sdeflow.version": __version__,
+        "sdeflow.config": json.dumps(config),
+        "sdeflow.sde": json.dumps(config["sde"]),
+        "sdeflow.grid": config["grid"],
+        "sdeflow.schedule": f"discrete DDPM (abar_i, N={config['N']})"
+        if config["grid"] in DISCRETE_SPACINGS
         else f"continuous alpha(t), sigma(t) on [eps={config['eps']}, T={config['T']}]",
-        "sdeflow.set_alpha_to_one": str(config["set_alpha_to_one"]).lower(), "sdeflow.steps": str(steps),
-        "sdeflow.eta": repr(float(eta)), "sdeflow.sample_shape": json.dumps(list(shape)),
-        "sdeflow.time_label": json.dumps(config["time_label"]), "sdeflow.prediction": config["prediction"],
+        "sdeflow.set_alpha_to_one": str(config["set_alpha_to_one"]).lower(),
+        "sdeflow.steps": str(steps),
+        "sdeflow.eta": repr(float(eta)),
+        "sdeflow.sample_shape": json.dumps(list(shape)),
+        "sdeflow.time_label": json.dumps(config["time_label"]),
+        "sdeflow.prediction": config["prediction"],
         "sdeflow.prior_std": repr(float(score_model.sde.prior_std)),
-        "sdeflow.graph": "scan" if dynamic_steps else "unrolled", "sdeflow.inputs": inputs,
+        "sdeflow.graph": "scan" if dynamic_steps else "unrolled",
+        "sdeflow.inputs": inputs,
     }
     if data_info:
         props["sdeflow.data"] = json.dumps(data_info)

@@ -208,8 +208,7 @@ def ddim_plan(config: dict, steps: int) -> DDIMPlan:
         labels = ts[:-1] if label.get("integer") else ts[:-1].astype(np.float64)
     else:
         labels = time_labels(label, t[:-1])
-    coefs = ddim_coefficients(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], float(config["eta"]),
-                              config["prediction"])
+    coefs = ddim_coefficients(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], float(config["eta"]), config["prediction"])
     return DDIMPlan(t=t, alpha=alpha, sigma=sigma, labels=labels, coefficients=coefs)
 
 
@@ -370,8 +369,8 @@ class OnnxSampler:
             raise TypeError(f"`{name}` must have dtype float32; got {value.dtype}. Convert with .astype(np.float32).")
         if value.shape != shape:
             raise ValueError(
-                f"`{name}` must have shape [{', '.join(str(d) for d in shape)}] (S = {shape[0] if name == 'noise' else '-'}"
-                f" steps, B = batch, sample_shape = {list(self.info.sample_shape)}); got {list(value.shape)}."
+                f"`{name}` must have shape [{', '.join(str(d) for d in shape)}] ([S, B, *sample_shape] for noise, "
+                f"[B, *sample_shape] for x_T; sample_shape = {list(self.info.sample_shape)}); got {list(value.shape)}."
             )
         return np.ascontiguousarray(value)
 

@@ -19,26 +19,42 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a64 - b64)) / (den if den > 0 else 1.0)
 
 
-def torch_ddim(score_model: ScoreModel, config: dict, steps: int, x_T: torch.Tensor,  # noqa: N803
-               noise: torch.Tensor | None) -> torch.Tensor:
+def torch_ddim(
+    score_model: ScoreModel,
+    config: dict,
+    steps: int,
+    x_T: torch.Tensor,  # noqa: N803
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     """x_0 from ``sdeflow.sample(method='ddim')`` with the exported graph's settings (``config``)."""
     from ..sampling import sample
 
     result = sample(
-        score_model, score_model.sde, x_T, method="ddim", steps=steps, grid=config["grid"], eps=config["eps"],
-        eta=config["eta"], set_alpha_to_one=config["set_alpha_to_one"], steps_offset=config["steps_offset"],
-        rho=config["rho"], noise=noise,
+        score_model,
+        score_model.sde,
+        x_T,
+        method="ddim",
+        steps=steps,
+        grid=config["grid"],
+        eps=config["eps"],
+        eta=config["eta"],
+        set_alpha_to_one=config["set_alpha_to_one"],
+        steps_offset=config["steps_offset"],
+        rho=config["rho"],
+        noise=noise,
     )
     return result.samples
 
 
-def parity(score_model: ScoreModel, sampler: OnnxSampler, config: dict, steps: int,
-           batch_sizes: tuple[int, ...], seed: int = 0) -> tuple[dict[int, float], str]:
+def parity(
+    score_model: ScoreModel, sampler: OnnxSampler, config: dict, steps: int, batch_sizes: tuple[int, ...], seed: int = 0
+) -> tuple[dict[int, float], str]:
     """Relative error of onnxruntime against sdeflow.sample for each batch size, and the reference's name."""
     errors: dict[int, float] = {}
     for b in batch_sizes:
         x_T, noise = sampler.draw(int(b), seed, steps)  # noqa: N806
-        ref = torch_ddim(score_model, config, steps, torch.from_numpy(x_T),
-                         None if noise is None else torch.from_numpy(noise))
+        ref = torch_ddim(
+            score_model, config, steps, torch.from_numpy(x_T), None if noise is None else torch.from_numpy(noise)
+        )
         errors[int(b)] = relative_error(sampler.run(x_T, noise, steps=steps), ref.numpy())
     return errors, "sdeflow.sample(method='ddim')"

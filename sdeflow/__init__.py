@@ -10,6 +10,7 @@ from . import _source_layout  # noqa: F401  (maps the top-level export/ folder t
 from .checkpoint import Checkpoint, load, save
 from .compare import CompareResult, compare
 from .data import DATASETS, Dataset, load_dataset
+from .likelihood import BitsPerDimResult, LikelihoodError, LikelihoodResult, bits_per_dim, log_likelihood
 from .oracle import GaussianMixture
 from .parametrization import ContinuousTime, DDPMTimesteps, ScoreModel, ScoreSDETime, TimeLabel
 from .processes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
@@ -47,5 +48,10 @@ __all__ = [
     "load",
     "TrainConfig",
     "TrainResult",
+    "log_likelihood",
+    "bits_per_dim",
+    "LikelihoodResult",
+    "BitsPerDimResult",
+    "LikelihoodError",
     "__version__",
 ]

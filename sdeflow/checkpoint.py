@@ -38,7 +38,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing files, corrupt, or does not match the network its config describes."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Checkpoint:
     """A loaded checkpoint.
 

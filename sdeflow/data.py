@@ -35,7 +35,7 @@ _TOY_SIZE = {"train": 8192, "test": 2048}
 _DIGITS_FILE = Path(__file__).resolve().parent / "data" / "digits.npz"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A data set in model space.
 
@@ -231,7 +231,7 @@ def load_dataset(
     return Dataset(str(name), x, None, s, o, tuple(x.shape[1:]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GaussianBaseline:
     """Bits/dim of a full-covariance Gaussian fitted to dequantised training data, evaluated on test data.
 

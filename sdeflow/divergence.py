@@ -6,12 +6,15 @@ Along the PF-ODE dx/dt = F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t) the log-density o
 choice. A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;
 it only changes where an adaptive solver spends its steps.
 
-Time variables (``TIME_VARIABLES``):
-    't'        tau = t: the textbook form (score_sde).
-    'log_snr'  tau = lambda(t) = log(alpha/sigma). With g^2 = -2 sigma^2 dlambda/dt and f = dlog(alpha)/dt,
-               dx/dlambda = -(2 sigma^2 / g^2) f x + sigma^2 s(x, t)   (= sigma^2 (x + s) for VP, sigma^2 s for VE).
-               Near the data, x(t) - x(0) grows like sigma(t) ~ sqrt(t) for VP, a square-root singularity that forces
-               an adaptive solver in t to crawl from eps; in lambda the same motion is smooth (~ e^{-lambda}).
+Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dlog(alpha)/dt:
+    't'            tau = t (the default; score_sde's form): dx/dt = f x - 1/2 g^2 s.
+    'log_snr'      tau = lambda(t) = log(alpha/sigma):
+                   dx/dlambda = -(2 sigma^2 / g^2) f x + sigma^2 s(x, t)   (= sigma^2 (x + s) for VP, sigma^2 s for VE).
+    'sigma_ratio'  tau = u = sigma/alpha = e^{-lambda} (EDM's noise level): dx/du = -(1/u) dx/dlambda.
+                   For an eps-network the motion near the data is linear in u but ~ sqrt(t) in t.
+Measured (benchmarks/RESULTS.md): on Gaussian mixtures 't' needs the fewest steps for VP/sub-VP and 'sigma_ratio'
+for VE; on a trained UNet with a sinusoidal embedding of 1000 t the network's own oscillation in t (period ~0.006)
+sets the step size and all three need about the same number of evaluations.
 
 Divergence estimators (``DIVERGENCES``), one network forward per evaluation in every case:
     'exact'       sum_i dF_i/dx_i from D vector-Jacobian products with the basis vectors, batched over the shared
@@ -38,7 +41,7 @@ from .sde import SDE
 __all__ = ["DIVERGENCES", "TIME_VARIABLES", "AugmentedFlow", "draw_probes", "example_seeds"]
 
 DIVERGENCES: tuple[str, ...] = ("exact", "rademacher", "gaussian")
-TIME_VARIABLES: tuple[str, ...] = ("log_snr", "sigma_ratio", "t")
+TIME_VARIABLES: tuple[str, ...] = ("t", "sigma_ratio", "log_snr")
 
 # Largest number of elements of one vmapped batch of basis vectors in the exact divergence ([chunk, B, D]).
 _EXACT_CHUNK_ELEMENTS = 1 << 24

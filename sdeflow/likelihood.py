@@ -158,7 +158,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
-    time_variable: str = "log_snr",
+    time_variable: str = "t",
     max_steps: int = 10_000,
     callback: Callable[[float], None] | None = None,
 ) -> LikelihoodResult:
@@ -181,8 +181,9 @@ def log_likelihood(
             uses seed + dataset index.
         prior_logp: log-density of the prior z -> [B] (default: the SDE's p_T, ``sde.prior_logp``); pass e.g.
             ``GaussianMixture.prior_logp(sde)`` for the exact p_T of an oracle.
-        time_variable: 'log_snr' (default; integrates in lambda = log(alpha/sigma), fewer steps at equal accuracy)
-            or 't'. The likelihood is the same up to solver tolerance.
+        time_variable: the integration variable: 't' (default), 'sigma_ratio' (u = sigma/alpha, often fewer steps
+            for VE) or 'log_snr' (lambda). The likelihood is the same up to solver tolerance; see
+            ``sdeflow.divergence`` for the formulas and benchmarks/RESULTS.md for measured step counts.
         max_steps: most solver steps before ``LikelihoodError``.
         callback: called with the fraction of the interval done after every accepted step.
 

@@ -56,7 +56,9 @@ def make_sde(name: str) -> SDE:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (stored in train_state.json; a resumed run must match it).
+    """Everything that defines a training run (stored in train_state.json; a resumed run must match it except for
+    ``steps`` (raise it to train longer; the cosine schedule follows the new length), ``eval_every``, ``eval_size``
+    and ``checkpoint_every``).
 
     ``data`` is a name or path for ``load_dataset`` (``levels``, ``scale``, ``offset`` describe user arrays).
     ``model`` None picks ``default_model_config`` for the data's sample shape. ``loss`` 'dsm' trains a
@@ -131,7 +133,7 @@ class TrainEvent:
     elapsed: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrainResult:
     """Result of ``train``: the EMA ``model`` (a ScoreModel, eval mode), the data it was trained on, the loss
     ``history`` (per-step training loss; (step, test loss) pairs), the checkpoint folder (None without ``out``)."""
@@ -179,6 +181,9 @@ def _save_state(out: Path, step: int, net: nn.Module, opt: torch.optim.Optimizer
     atomic_write(out / STATE_JSON, lambda p: p.write_text(json.dumps(meta)))
 
 
+_MAY_CHANGE = ("steps", "eval_every", "eval_size", "checkpoint_every")  # settings that leave the trajectory as it is
+
+
 def _load_state(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                 gen: torch.Generator) -> tuple[int, list[float], list[tuple[int, float]]]:
     try:
@@ -187,11 +192,13 @@ def _load_state(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, 
         raise FileNotFoundError(f"Cannot resume: {out / STATE_JSON} does not exist (start without resume).") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ckpt.CheckpointError(f"Corrupt training state: {out / STATE_JSON} is not valid JSON.") from err
-    stored = {k: v for k, v in meta["config"].items() if k != "steps"}
-    now = {k: v for k, v in asdict(config).items() if k != "steps"}
+    stored = {k: v for k, v in meta["config"].items() if k not in _MAY_CHANGE}
+    now = {k: v for k, v in asdict(config).items() if k not in _MAY_CHANGE}
     if json.loads(json.dumps(now)) != stored:
         diff = sorted(k for k in now if json.loads(json.dumps(now[k])) != stored.get(k))
-        raise ValueError(f"Cannot resume {out}: the training config differs in {diff} (only `steps` may change).")
+        raise ValueError(
+            f"Cannot resume {out}: the training config differs in {diff} (only {list(_MAY_CHANGE)} may change)."
+        )
     if ckpt._sha256(out / STATE_WEIGHTS) != meta["weights_sha256"]:
         raise ckpt.CheckpointError(f"Corrupt training state: the SHA-256 of {out / STATE_WEIGHTS} does not match.")
     tensors = load_file(str(out / STATE_WEIGHTS))
@@ -242,6 +249,8 @@ def train(
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, identical on every rank; global RNG untouched
         torch.manual_seed(config.seed)
         net = build_model(model_config).to(device)
+    if len(data.sample_shape) == 3:  # images: channels-last convolutions are ~20% faster on CPU (oneDNN)
+        net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

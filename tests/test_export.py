@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from sdeflow.export import OnnxExportError, OnnxSampler, export_ddim
+from sdeflow.export.verify import relative_error
 from torch import nn
 
 from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
-from sdeflow.export import OnnxExportError, OnnxSampler, export_ddim
-from sdeflow.export.verify import relative_error
-from sdeflow.sampling import sample
+from sdeflow.sampling import DEFAULT_GRIDS, sample
 
 S = 6  # steps: small graphs keep the tests fast; the contract does not depend on S
 
@@ -87,7 +87,7 @@ def test_graph_contract_inputs_outputs_metadata(stochastic):
     assert json.loads(meta["sdeflow.sample_shape"]) == [2]
     assert json.loads(meta["sdeflow.sde"]) == model.sde.config()
     assert json.loads(meta["sdeflow.time_label"]) == {"type": "ContinuousTime"}
-    assert meta["sdeflow.grid"] == "logsnr" and meta["sdeflow.set_alpha_to_one"] == "false"
+    assert meta["sdeflow.grid"] == DEFAULT_GRIDS["ddim"] and meta["sdeflow.set_alpha_to_one"] == "false"
     for key in ("sdeflow.version", "sdeflow.schedule", "sdeflow.prediction", "sdeflow.config"):
         assert meta[key]
     assert report.checker_ok and report.shape_inference_ok and report.verified
@@ -220,3 +220,15 @@ def test_export_errors(tmp_path):
     with pytest.raises(ValueError, match="Invalid grid"):
         export_ddim(model, tmp_path / "h.onnx", steps=2, grid="cosine", sample_shape=(2,))
     assert not any(tmp_path.iterdir())  # nothing written on failure
+
+
+def test_traced_loop_fallback_gives_the_same_graph_output(tmp_path, monkeypatch):
+    """Copying one traced step S times equals tracing the whole loop (the fallback for steps with subgraphs)."""
+    model = _continuous()
+    copied = export_ddim(model, tmp_path / "copied.onnx", steps=S, eta=0.5, sample_shape=(2,), batch_sizes=(7,))
+    monkeypatch.setattr("sdeflow.export.onnx_export.has_subgraphs", lambda graph: True)
+    traced = export_ddim(model, tmp_path / "traced.onnx", steps=S, eta=0.5, sample_shape=(2,), batch_sizes=(7,))
+    assert traced.verified and copied.verified
+    a, b = (OnnxSampler(r.path, providers="cpu", threads=1) for r in (copied, traced))
+    x_T, noise = a.draw(7, seed=3, steps=S)  # noqa: N806
+    assert relative_error(a.run(x_T, noise), b.run(x_T, noise)) < 1e-6

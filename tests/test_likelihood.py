@@ -111,13 +111,29 @@ def test_batch_size_invariance() -> None:
     assert (other.probe_delta_logp - whole.probe_delta_logp[:2]).abs().max() > 1e-2
 
 
-def test_time_variables_agree() -> None:
+def test_time_variables_agree_and_progress_is_reported() -> None:
+    """A change of integration variable leaves z and log p unchanged (up to the tolerance)."""
     sde, gm = SubVPSDE(), _mixture(3, seed=8)
     x = gm.sample(4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    a = log_likelihood(sde, gm.score_model(sde), x, time_variable="t", rtol=1e-8, atol=1e-8)
-    b = log_likelihood(sde, gm.score_model(sde), x, time_variable="log_snr", rtol=1e-8, atol=1e-8)
-    assert (a.log_p - b.log_p).abs().max() < 1e-5
-    assert (a.z - b.z).abs().max() < 1e-5
+    done: list[float] = []
+    ref = log_likelihood(sde, gm.score_model(sde), x, rtol=1e-8, atol=1e-8, callback=done.append)
+    assert len(done) == ref.n_steps and done == sorted(done) and done[-1] == pytest.approx(1.0)
+    for tv in ("sigma_ratio", "log_snr"):
+        other = log_likelihood(sde, gm.score_model(sde), x, time_variable=tv, rtol=1e-8, atol=1e-8)
+        assert (other.log_p - ref.log_p).abs().max() < 1e-5
+        assert (other.z - ref.z).abs().max() < 1e-5
+
+
+def test_exact_divergence_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory-bounded path (basis vectors in several vmapped chunks) gives the same trace."""
+    import sdeflow.divergence as div
+
+    sde, gm = VPSDE(), _mixture(5, seed=9)
+    x = gm.sample(3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    whole = log_likelihood(sde, gm.score_model(sde), x)
+    monkeypatch.setattr(div, "_EXACT_CHUNK_ELEMENTS", 2 * 3 * 5)  # chunks of 2 basis vectors: 2 + 2 + 1
+    chunked = log_likelihood(sde, gm.score_model(sde), x)
+    assert torch.allclose(whole.log_p, chunked.log_p, atol=1e-12)
 
 
 def test_standard_prior_error_is_the_prior_mismatch(capsys: pytest.CaptureFixture) -> None:

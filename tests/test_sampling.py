@@ -80,6 +80,40 @@ def test_ddim_eta0_step_is_dpm_solver_1_step(oracle):
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+
+def _dpmpp2m_transcribed(m, sde, x, ts, first_order_last):
+    """MATH.md section 4 written out: h_i = lambda_i - lambda_{i-1}, r_i = h_{i-1} / h_i, D = x0_hat,
+    x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) [(1 + 1/(2 r_i)) D_{i-1} - 1/(2 r_i) D_{i-2}]."""
+    lam, alpha, sigma = sde.log_snr(ts), sde.alpha(ts), sde.sigma(ts)
+    d_prev = h_prev = None
+    for i in range(1, len(ts)):
+        d = m.x0(x, ts[i - 1].expand(x.shape[0]))
+        h = lam[i] - lam[i - 1]
+        dc = d
+        if d_prev is not None and not (first_order_last and i == len(ts) - 1):
+            r = h_prev / h
+            dc = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
+        x = sigma[i] / sigma[i - 1] * x - alpha[i] * torch.expm1(-h) * dc
+        d_prev, h_prev = d, h
+    return x
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_pp_2m_is_the_formula(steps):
+    """DPM-Solver++(2M) equals the transcribed formula on uniform, quadratic and log-SNR grids; its last step is
+    first order exactly when lower_order_final and steps < 15; each step costs one evaluation."""
+    for sde in (VPSDE(), VESDE(sigma_max=20.0)):
+        gm = GaussianMixture.random(4, 3, generator=torch.Generator().manual_seed(5))
+        m = gm.score_model(sde)
+        x = torch.randn(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * sde.prior_std
+        for grid in ("uniform", "quadratic", "logsnr"):
+            ts = time_grid(sde, steps, grid, eps=EPS).t
+            for lof in (True, False):
+                r = sample(m, sde, x, method="dpmsolver++", steps=steps, grid=grid, eps=EPS, lower_order_final=lof)
+                expected = _dpmpp2m_transcribed(m, sde, x, ts, lof and steps < 15)
+                assert r.nfe == steps
+                torch.testing.assert_close(r.samples, expected, rtol=1e-10, atol=1e-10)
+
 def _assert_reproduces_mixture(x, gm, sde, eps, seed):
     """Mean and covariance within 4.5 standard errors; the share of samples nearest each component and the mean
     log p_eps agree with an exact sample of p_eps (two-sample z-tests at 4.5 SE)."""
@@ -254,3 +288,24 @@ def test_documented_errors(oracle):
         sample(model, SDE, shape=(2, 2), seed=1, generator=torch.Generator())
     with pytest.raises(ValueError, match="needs one seed per sample"):
         sample(model, SDE, shape=(2, 2), seed=[1, 2, 3])
+    for eps in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"`eps` must lie in \(0, T\) = \(0, 1.0\)"):
+            sample(model, SDE, x, method="sde:euler", eps=eps)
+    with pytest.raises(TypeError, match="`method` must be a string"):
+        sample(model, SDE, x, method=None)
+    with pytest.raises(ValueError, match="`method` names solver 'rk4' but `solver` is 'euler'"):
+        sample(model, SDE, x, method="ode:rk4", solver="euler")
+    with pytest.raises(ValueError, match="`n_corrector` must be an integer >= 0"):
+        sample(model, SDE, x, method="pc", n_corrector=-1)
+    with pytest.raises(ValueError, match=r"`shape` must be \(B, \*sample_shape\)"):
+        sample(model, SDE, shape=(4,))
+    with pytest.raises(ValueError, match="`x_T` must be a tensor of shape"):
+        sample(model, SDE, x[0])
+    with pytest.raises(ValueError, match="integrates in continuous time; use a grid from"):
+        sample(model, SDE, x, method="ode:euler", grid="trailing")
+    with pytest.raises(ValueError, match="`rho` must be > 0"):
+        sample(model, SDE, x, grid="karras", rho=0.0)
+    with pytest.raises(ValueError, match=r"`steps_offset` 500 moves timesteps outside \[0, 999\]"):
+        sample(model, SDE, x, grid="leading", steps=2, steps_offset=500)
+    with pytest.raises(ValueError, match="`noise` has 1 draws but the sampler needs more"):
+        sample(model, SDE, x, method="ddpm", steps=3, noise=torch.zeros(1, *x.shape, dtype=x.dtype))

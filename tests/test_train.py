@@ -82,7 +82,7 @@ def test_resume_continues_exactly(tmp_path):
     for name in ("model.safetensors", "train_state.safetensors"):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "part" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match=r"the training config differs in \['lr'\]"):
+    with pytest.raises(ValueError, match=r"the training config differs in \['lr'\] \(only \['steps', 'eval_every'"):
         train(TrainConfig(**{**cfg.__dict__, "lr": 1e-4}), tmp_path / "part", resume=True)
     with pytest.raises(FileNotFoundError, match="Cannot resume"):
         train(cfg, tmp_path / "empty", resume=True)
@@ -139,3 +139,27 @@ def test_cli_train_errors_and_quickstart_smoke(tmp_path, capsys):
         "DDIM", "DPM-Solver++(2M)", "adaptive PF-ODE (dopri5)"]
     assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
     assert sdeflow.load(out / "model").sample_shape == (1, 8, 8)
+
+
+def test_ddpm_loss_user_arrays_and_config_errors(tmp_path):
+    import numpy as np
+
+    from sdeflow import DDPMTimesteps
+
+    ddpm = train(TrainConfig(data="moons", model=TINY, loss="ddpm", steps=4, batch_size=16, warmup=1, eval_every=2,
+                             checkpoint_every=4), tmp_path / "ddpm")
+    ck = sdeflow.load(tmp_path / "ddpm")
+    assert ck.score_model.time_label == DDPMTimesteps(1000) and ck.config["model"]["label_scale"] == 1.0
+    assert len(ddpm.test_loss) == 2
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "u.npz", train=rng.integers(0, 4, (40, 3)), test=rng.integers(0, 4, (10, 3)))
+    train(TrainConfig(data=str(tmp_path / "u.npz"), levels=4, scale=1.0, offset=0.0, model=TINY | {"dim": 3},
+                      steps=3, batch_size=8, warmup=1, eval_every=3, checkpoint_every=3), tmp_path / "user")
+    info = sdeflow.load(tmp_path / "user").data_info
+    assert (info["levels"], info["scale"], info["offset"], info["sample_shape"]) == (4, 1.0, 0.0, [3])
+    with pytest.raises(ValueError, match=r"Invalid sde 'vpsde'. Must be one of \('vp', 'subvp', 've'\)"):
+        TrainConfig(sde="vpsde")
+    with pytest.raises(ValueError, match="loss='ddpm' needs sde='vp' and prediction='eps'"):
+        TrainConfig(loss="ddpm", sde="ve")
+    with pytest.raises(ValueError, match="`steps` must be a positive integer; got 0"):
+        TrainConfig(steps=0)

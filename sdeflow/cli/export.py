@@ -14,10 +14,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]; > 0 adds the input `noise`")
     p.add_argument("--grid", default=None, help="time grid as in `sdeflow sample` (default: sdeflow.sample's)")
     p.add_argument("--eps", type=float, default=1e-3, help="smallest time of a continuous grid (default: 1e-3)")
-    p.add_argument("--set-alpha-to-one", choices=("true", "false"), default=None,
-                   help="last step to alpha = 1 (default: true on the discrete schedule, false otherwise)")
-    p.add_argument("--dynamic-steps", action="store_true",
-                   help="export an ONNX Scan graph whose step count is chosen at run time (slower)")
+    p.add_argument(
+        "--set-alpha-to-one",
+        choices=("true", "false"),
+        default=None,
+        help="last step to alpha = 1 (default: true on the discrete schedule, false otherwise)",
+    )
+    p.add_argument(
+        "--dynamic-steps",
+        action="store_true",
+        help="export an ONNX Scan graph whose step count is chosen at run time (slower)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch parity check")
 
 
@@ -26,8 +33,15 @@ def run(args: argparse.Namespace) -> int:
 
     one = None if args.set_alpha_to_one is None else args.set_alpha_to_one == "true"
     report = export_ddim(
-        args.checkpoint, args.out, steps=args.steps, eta=args.eta, grid=args.grid, eps=args.eps,
-        set_alpha_to_one=one, dynamic_steps=args.dynamic_steps, verify=not args.no_verify,
+        args.checkpoint,
+        args.out,
+        steps=args.steps,
+        eta=args.eta,
+        grid=args.grid,
+        eps=args.eps,
+        set_alpha_to_one=one,
+        dynamic_steps=args.dynamic_steps,
+        verify=not args.no_verify,
     )
     print(report.summary())
     print(f"run it with: sdeflow run-onnx {report.path} --batch 16 --seed 0 --out samples.png")

@@ -1,10 +1,14 @@
 """``sdeflow likelihood``: exact log-likelihoods / bits per dimension of a data set through the probability-flow ODE.
 
-Single process:   sdeflow likelihood --checkpoint runs/quickstart/checkpoint --data digits --split test --out OUT
+Single process:   sdeflow likelihood --checkpoint runs/quickstart/model --data digits --split test --out OUT
 Many processes:   torchrun --nproc_per_node=N -m sdeflow likelihood ...   (gloo on CPU, NCCL on GPU)
 The data set is cut into fixed batches in index order, dealt round-robin to the ranks and gathered on rank 0, so the
 per-example results equal those of a single-process run with the same --batch-size. Probes and dequantisation noise
 are seeded per example (seed, index). Rank 0 writes OUT/likelihood.csv and OUT/summary.json atomically.
+
+CSV columns: index, bpd and bpd_std_err (discrete data; the mean over --draws and its standard error) or
+log_p_std_err (continuous data), log_p (nats, mean over draws), nats_per_dim, prior_logp and delta_logp (first
+draw), nfe and n_steps (per draw), batch.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data", help="built-in data set name or a .npy/.npz path (default: the checkpoint's data; with --oracle "
         "and no --data, --limit samples drawn from the oracle)",
     )
-    src.add_argument("--split", default="test", help="data split (default test)")
+    src.add_argument(
+        "--split", help="data split (default: 'test' for built-in data sets, 'train' for a .npy/.npz file)"
+    )
     src.add_argument("--levels", type=int, help="K levels per dimension of a user array of integers (discrete data)")
     src.add_argument("--scale", type=float, help="model x = scale * y + offset for a user array")
     src.add_argument("--offset", type=float)
@@ -48,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ode.add_argument("--divergence", choices=["exact", "rademacher", "gaussian"], default="exact")
     ode.add_argument("--probes", type=int, default=1, help="Hutchinson probes per example")
     ode.add_argument("--draws", type=int, default=1, help="dequantisation draws per example (discrete data)")
-    ode.add_argument("--time-variable", choices=["log_snr", "t"], default="log_snr")
+    ode.add_argument("--time-variable", choices=["t", "sigma_ratio", "log_snr"], default="t")
     ode.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ode.add_argument("--max-steps", type=int, default=10_000)
     run_g = p.add_argument_group("run")
@@ -69,7 +75,13 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
         raise ValueError("Pass exactly one model: --checkpoint PATH (a trained network) or --oracle.")
     if args.prior == "oracle" and not args.oracle:
         raise ValueError("--prior oracle needs --oracle (only an oracle has an exact p_T).")
+    from ..data import DATASETS
+
     user = {k: getattr(args, k) for k in ("levels", "scale", "offset") if getattr(args, k) is not None}
+
+    def split_for(name: str) -> str:
+        return args.split or ("test" if name in DATASETS else "train")
+
     if args.checkpoint:
         from ..checkpoint import load
 
@@ -77,7 +89,7 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
         name = args.data or ckpt.data_info.get("name")
         if not name:
             raise ValueError("The checkpoint does not name its data set; pass --data.")
-        data = load_dataset(name, args.split, **user)
+        data = load_dataset(name, split_for(name), **user)
         if tuple(data.sample_shape) != tuple(ckpt.sample_shape):
             raise ValueError(
                 f"The data {name!r} has samples of shape {tuple(data.sample_shape)} but the checkpoint's network was "
@@ -96,7 +108,7 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
         args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
     )
     if args.data:
-        data = load_dataset(args.data, args.split, **user)
+        data = load_dataset(args.data, split_for(args.data), **user)
     else:
         from ..data import Dataset
 
@@ -216,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
     batch_nfe = {r["batch"]: r["nfe"] for r in rows}
     summary = {
         "model": desc,
-        "data": {"name": data.name, "split": args.split, "n": n, "levels": data.levels, "scale": data.scale,
-                 "offset": data.offset, "sample_shape": list(data.sample_shape)},
+        "data": {"name": data.name, "split": args.split or "default", "n": n, "levels": data.levels,
+                 "scale": data.scale, "offset": data.offset, "sample_shape": list(data.sample_shape)},
         f"mean_{key}": float(vals.mean()),
         f"{key}_std_err": float(vals.std() / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"),
         "mean_log_p": float(sum(r["log_p"] for r in rows) / len(rows)),

@@ -131,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
+    from ..export import quickstart_export  # 5. ONNX export of DDIM, run under onnxruntime (issue 6)
+
+    report["onnx"] = onnx_report = quickstart_export(out / "model", out, seed=args.seed)
+    print(f"ONNX export {onnx_report['onnx']} (DDIM {onnx_report['steps']} steps): max rel. error vs PyTorch "
+          f"{max(onnx_report['parity_rel_error'].values()):.1e}; onnxruntime {onnx_report['speedup']}x "
+          f"PyTorch at batch {onnx_report['batch']}")
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     _print_table(report)
     print(f"wrote {out / 'report.json'}, {out / 'samples.png'}, {out / 'loss.png'} and the checkpoint {out / 'model'}")
@@ -182,7 +189,7 @@ def _grid(x, nrow: int):  # noqa: ANN001, ANN202
     imgs = x[:, 0].clamp(-1, 1).add(1).div(2)  # [N, H, W] in [0, 1]
     n, h, w = imgs.shape
     ncol = math.ceil(n / nrow)
-    canvas = torch.ones(nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    canvas = torch.zeros(nrow * (h + 1) + 1, ncol * (w + 1) + 1)  # white separators (gray_r: 0 is white)
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = imgs[i]

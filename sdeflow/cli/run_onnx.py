@@ -19,7 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from .._utils import atomic_write
     from ..export.runtime import OnnxSampler
@@ -34,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = json.loads(sampler.info.properties.get("sdeflow.data", "{}"))
         atomic_write(out, lambda p: save_png(p, x0, data))
-    print(f"{args.batch} samples {list(sampler.info.sample_shape)} from {args.model} on {sampler.device} "
-          f"({sampler.info.steps} DDIM steps, eta={sampler.info.eta}) -> {out}")
+    print(
+        f"{args.batch} samples {list(sampler.info.sample_shape)} from {args.model} on {sampler.device} "
+        f"({sampler.info.steps} DDIM steps, eta={sampler.info.eta}) -> {out}"
+    )
     return 0
 
 
@@ -64,9 +65,12 @@ def save_png(path: Path, x0, data: dict) -> None:  # noqa: ANN001 - numpy array
         grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
         for i in range(b):
             r, q = divmod(i, cols)
-            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img[i].transpose(1, 2, 0)
-        plt.imsave(path, grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
-                   format="png")
+            grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = img[i].transpose(
+                1, 2, 0
+            )
+        plt.imsave(
+            path, grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1, format="png"
+        )
     elif x0.ndim == 2 and x0.shape[1] == 2:
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.scatter(x0[:, 0], x0[:, 1], s=4)

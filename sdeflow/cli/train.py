@@ -58,13 +58,14 @@ def run(args: argparse.Namespace) -> int:
     )
     rank0 = int(os.environ.get("RANK", "0")) == 0
     bar = None
-    if rank0 and not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.steps, desc="train", unit="step")
     last_test: list[float] = []
 
     def callback(event) -> None:  # noqa: ANN001
+        nonlocal bar
+        if bar is None and rank0 and not args.no_progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, desc="train", unit="step")
         if event.test_loss is not None:
             last_test.append(event.test_loss)
             if bar is None:

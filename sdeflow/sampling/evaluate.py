@@ -22,7 +22,7 @@ __all__ = ["CountingNet", "Denoiser", "counted"]
 
 
 class CountingNet:
-    """Wraps ``net(x, label)``; ``calls`` counts evaluations and ``on_call(label)`` is told about each one."""
+    """Wraps ``net(x, label)``; ``calls`` counts evaluations and ``on_call()`` is called after counting each one."""
 
     def __init__(self, net: Callable[[Tensor, Tensor], Tensor], on_call: Callable[[], None] | None = None) -> None:
         self.net = net

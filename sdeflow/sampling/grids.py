@@ -37,10 +37,9 @@ DISCRETE_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One point of a grid: its index k, time t, alpha, sigma, log-SNR lambda = log(alpha/sigma) (+inf where
-    sigma = 0) and DDPM ``timestep`` (None on continuous grids and for the final abar = 1 point)."""
+    """One point of a grid: its time t, alpha, sigma, log-SNR lambda = log(alpha/sigma) (+inf where sigma = 0) and
+    DDPM ``timestep`` (None on continuous grids and for the final abar = 1 point)."""
 
-    k: int
     t: float
     alpha: float
     sigma: float
@@ -68,7 +67,7 @@ class TimeGrid:
         ts = None
         if self.timesteps is not None and int(self.timesteps[k]) >= 0:
             ts = int(self.timesteps[k])
-        return GridPoint(k=k, t=float(self.t[k]), alpha=a, sigma=s, lam=lam, timestep=ts)
+        return GridPoint(t=float(self.t[k]), alpha=a, sigma=s, lam=lam, timestep=ts)
 
 
 def ddpm_timesteps(N: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Tensor:  # noqa: N803
@@ -142,8 +141,6 @@ def check_times(sde: SDE, times: Tensor | list[float]) -> Tensor:
         )
     if t[0] > sde.T * (1 + 1e-9) or t[-1] < 0:
         raise ValueError(f"`grid` times must lie in [0, T] = [0, {sde.T}]; got [{t[-1]:.6g}, {t[0]:.6g}].")
-    if (t[:-1] <= 0).any():
-        raise ValueError("`grid`: only its last time may be 0 (the sigma = 0 end point).")
     return t
 
 
