@@ -50,8 +50,10 @@ def deploy_step(onnx_path: Path, runtime_py: Path, out: Path, batch: int, seed: 
     runtime = load_runtime(runtime_py)
     sampler = runtime.OnnxSampler(onnx_path, providers="auto")  # CUDA when its provider loads, else CPU
     info = sampler.info
-    print(f"graph: {info.steps} DDIM steps, eta={info.eta}, sample shape {info.sample_shape}, "
-          f"grid {info.config['grid']}, providers {sampler.providers}")
+    print(
+        f"graph: {info.steps} DDIM steps, eta={info.eta}, sample shape {info.sample_shape}, "
+        f"grid {info.config['grid']}, providers {sampler.providers}"
+    )
     t0 = time.perf_counter()
     x0 = sampler.sample(batch, seed=seed)  # sample i is seeded by (seed, i): the same in any batch
     print(f"{batch} samples in {1e3 * (time.perf_counter() - t0):.1f} ms (first call includes session set-up)")

@@ -19,9 +19,11 @@ from .runtime import DDIMPlan
 __all__ = ["UnrolledDDIM", "DDIMStep", "label_tensor"]
 
 
-def label_tensor(value: float | int, dtype: torch.dtype, batch: int | None) -> Tensor:
+def label_tensor(
+    value: float | int, dtype: torch.dtype, batch: int | None, device: torch.device | str = "cpu"
+) -> Tensor:
     """The network's time input for one step: shape [1] (broadcast by the network) or [batch]."""
-    lab = torch.full((1,), value, dtype=dtype)
+    lab = torch.full((1,), value, dtype=dtype, device=device)
     return lab if batch is None else lab.expand(batch)
 
 
@@ -45,7 +47,7 @@ class UnrolledDDIM(nn.Module):
         x = x_T
         batch = None if self.broadcast_label else x.shape[0]
         for k, (a, b, sig) in enumerate(self.coefs):
-            out = self.net(x, label_tensor(self.labels[k], self.label_dtype, batch))
+            out = self.net(x, label_tensor(self.labels[k], self.label_dtype, batch, x.device))
             x = a * x + b * out
             if sig != 0.0 and noise is not None:
                 x = x + sig * noise[k]

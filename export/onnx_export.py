@@ -1,10 +1,11 @@
 """``export_ddim``: one ONNX file that turns x_T (and, for eta > 0, the step noise) into x_0 with fixed-step DDIM.
 
-The network and all S steps are traced into one graph (``torch.onnx.export(..., dynamo=False)``). The schedule is
-computed in float64 by ``runtime.ddim_plan`` and enters the graph as constants (unrolled graph) or as the inputs
-``timesteps`` / ``coefficients`` of an ONNX Scan over one traced step (``dynamic_steps=True``). After writing, the
-file is checked (onnx.checker with full shape inference) and run under onnxruntime against the eager PyTorch DDIM
-on the same x_T and noise at several batch sizes; ``ExportReport`` says how close they came.
+One DDIM step (network + fused update) is traced with ``torch.onnx.export(..., dynamo=False)`` and copied S times
+(``onnx_graphs.unrolled_graph``), or wrapped in an ONNX Scan (``dynamic_steps=True``). The schedule is computed in
+float64 by ``runtime.ddim_plan`` and enters the graph as constants (unrolled) or as the inputs ``timesteps`` /
+``coefficients`` (Scan). After writing, the file is checked (``onnx.checker`` and strict shape inference) and run
+under onnxruntime against ``sdeflow.sample(method='ddim')`` on the same x_T and noise at several batch sizes;
+``ExportReport`` says how close they came.
 """
 
 from __future__ import annotations
@@ -375,6 +376,7 @@ def _set_metadata(
         "sdeflow.config": json.dumps(config),
         "sdeflow.sde": json.dumps(config["sde"]),
         "sdeflow.grid": config["grid"],
+        "sdeflow.spacing": config["grid"] if config["grid"] in DISCRETE_SPACINGS else "none (continuous grid)",
         "sdeflow.schedule": f"discrete DDPM (abar_i, N={config['N']})"
         if config["grid"] in DISCRETE_SPACINGS
         else f"continuous alpha(t), sigma(t) on [eps={config['eps']}, T={config['T']}]",

@@ -88,7 +88,7 @@ def test_graph_contract_inputs_outputs_metadata(stochastic):
     assert json.loads(meta["sdeflow.sde"]) == model.sde.config()
     assert json.loads(meta["sdeflow.time_label"]) == {"type": "ContinuousTime"}
     assert meta["sdeflow.grid"] == DEFAULT_GRIDS["ddim"] and meta["sdeflow.set_alpha_to_one"] == "false"
-    for key in ("sdeflow.version", "sdeflow.schedule", "sdeflow.prediction", "sdeflow.config"):
+    for key in ("sdeflow.version", "sdeflow.schedule", "sdeflow.spacing", "sdeflow.prediction", "sdeflow.config"):
         assert meta[key]
     assert report.checker_ok and report.shape_inference_ok and report.verified
     assert set(report.parity) == {1, 7, 64} and max(report.parity.values()) <= 1e-5

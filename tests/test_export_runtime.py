@@ -38,12 +38,15 @@ def _config(sde, grid: str, one: bool) -> dict:
     }
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
-@pytest.mark.parametrize("grid", ["uniform", "quadratic", "logsnr", "karras", "leading", "trailing", "linspace"])
+_GRIDS = [(sde, grid) for sde in ("vp", "subvp", "ve") for grid in ("uniform", "quadratic", "logsnr", "karras")]
+_GRIDS += [("vp", spacing) for spacing in ("leading", "trailing", "linspace")]  # discrete DDPM: VP only
+_SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
+
+
+@pytest.mark.parametrize("name, grid", _GRIDS)
 @pytest.mark.parametrize("one", [False, True])
-def test_numpy_grid_equals_sdeflow_time_grid(sde, grid, one):
-    if grid in ("leading", "trailing", "linspace") and not isinstance(sde, VPSDE):
-        pytest.skip("the discrete DDPM schedule exists for the VP SDE only")
+def test_numpy_grid_equals_sdeflow_time_grid(name, grid, one):
+    sde = _SDES[name]
     for steps in (1, 7, 50):
         t, alpha, sigma, ts = rt.time_grid(_config(sde, grid, one), steps)
         ref = time_grid(sde, steps, grid, eps=1e-3, set_alpha_to_one=one)
@@ -220,3 +223,13 @@ def test_quickstart_export_reports_parity_and_speed(tmp_path):
     assert out["verified"] and Path(out["onnx"]).is_file()
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
     assert out["speedup"] == pytest.approx(out["pytorch_ms"] / out["onnxruntime_ms"], rel=0.05)
+
+
+def test_package_import_is_lazy():
+    """`from sdeflow.export import OnnxSampler` loads the runner only, not the exporter (onnx, tracing)."""
+    code = (
+        "import sys; from sdeflow.export import OnnxSampler; "
+        "print('sdeflow.export.onnx_export' in sys.modules, 'sdeflow.export.runtime' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.split() == ["False", "True"]

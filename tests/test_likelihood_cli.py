@@ -112,3 +112,14 @@ def test_torchrun_two_processes_match_single_process(tmp_path: Path) -> None:
     assert one == two  # bitwise-identical per-example results
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["settings"]["world_size"] == 2
+
+
+def test_builtin_gmm_uses_its_own_mixture(tmp_path: Path) -> None:
+    from sdeflow.data import gmm_oracle, load_dataset
+
+    rc = main(["likelihood", "--oracle", "--data", "gmm", "--prior", "oracle", "--limit", "4", "--no-progress",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    log_p = np.array([float(r["log_p"]) for r in _rows(tmp_path)])
+    exact = gmm_oracle().log_prob(load_dataset("gmm", "test").x[:4].double(), 1e-5, VPSDE()).numpy()
+    assert np.abs(log_p - exact).max() / 2 < 1e-3

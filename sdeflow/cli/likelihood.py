@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help="checkpoint folder written by `sdeflow train` (model, SDE, data scaling)")
     src.add_argument(
         "--oracle", action="store_true",
-        help="use the exact score of a Gaussian-mixture oracle instead of a network (for checks; see --oracle-*)",
+        help="use the exact score of a Gaussian-mixture oracle instead of a network (for checks): "
+        "GaussianMixture.random(--oracle-dim, --oracle-components, seed --oracle-seed), or with --data gmm the "
+        "mixture behind that data set",
     )
     src.add_argument("--oracle-dim", type=int, default=2, help="oracle dimension D (default 2)")
     src.add_argument("--oracle-components", type=int, default=4)
@@ -107,6 +109,13 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
     gm = GaussianMixture.random(
         args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
     )
+    desc = (f"oracle GaussianMixture.random(dim={args.oracle_dim}, n_components={args.oracle_components}, "
+            f"seed={args.oracle_seed})")
+    if args.data == "gmm":  # the built-in mixture data set: its own exact score
+        from ..data import gmm_oracle
+
+        gm, desc = gmm_oracle(), "oracle sdeflow.data.gmm_oracle()"
+        args.oracle_dim = gm.dim
     if args.data:
         data = load_dataset(args.data, split_for(args.data), **user)
     else:
@@ -120,8 +129,6 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
             f"The oracle has dimension {args.oracle_dim} but the data has samples of shape {data.sample_shape}; "
             "pass --oracle-dim to match."
         )
-    desc = (f"oracle GaussianMixture.random(dim={args.oracle_dim}, n_components={args.oracle_components}, "
-            f"seed={args.oracle_seed})")
     prior = gm.prior_logp(sde) if args.prior == "oracle" else None
     return sde, gm.score_model(sde), data, prior, desc
 
