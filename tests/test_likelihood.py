@@ -14,13 +14,6 @@ from sdeflow.likelihood import LikelihoodError, bits_per_dim, log_likelihood
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small problems: one thread is faster on a shared machine and makes runs bitwise reproducible.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _mixture(dim: int, seed: int = 0, scale: float = 3.0) -> GaussianMixture:

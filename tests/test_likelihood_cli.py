@@ -21,12 +21,6 @@ from sdeflow.models import build_model
 ORACLE = ["--oracle", "--oracle-dim", "2", "--oracle-seed", "0", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -21,12 +21,6 @@ from sdeflow.train import TrainConfig, train
 TINY = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small networks: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(n)
 
 
 def test_training_on_the_oracle_mixture_learns_its_distribution(tmp_path):

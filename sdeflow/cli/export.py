@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=1e-3, help="smallest time of a continuous grid (default: 1e-3)")
     p.add_argument(
         "--set-alpha-to-one",
-        choices=("true", "false"),
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="last step to alpha = 1 (default: true on the discrete schedule, false otherwise)",
     )
@@ -31,7 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_ddim
 
-    one = None if args.set_alpha_to_one is None else args.set_alpha_to_one == "true"
     report = export_ddim(
         args.checkpoint,
         args.out,
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         eta=args.eta,
         grid=args.grid,
         eps=args.eps,
-        set_alpha_to_one=one,
+        set_alpha_to_one=args.set_alpha_to_one,
         dynamic_steps=args.dynamic_steps,
         verify=not args.no_verify,
     )

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=1e-3, help="end time of continuous grids")
     p.add_argument(
         "--set-alpha-to-one",
-        choices=["yes", "no"],
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="last step to abar = 1 (denoised) or to abar_0 / eps (default: yes on DDPM spacings)",
     )
@@ -72,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
             )
         bars[0].update(1)
 
-    sato = None if args.set_alpha_to_one is None else args.set_alpha_to_one == "yes"
     result = sample(
         model,
         sde,
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         grid=args.grid,
         eta=args.eta,
         eps=args.eps,
-        set_alpha_to_one=sato,
+        set_alpha_to_one=args.set_alpha_to_one,
         variance=args.variance,
         snr=args.snr,
         seed=args.seed,
