@@ -81,8 +81,9 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
 
     user = {k: getattr(args, k) for k in ("levels", "scale", "offset") if getattr(args, k) is not None}
 
-    def split_for(name: str) -> str:
-        return args.split or ("test" if name in DATASETS else "train")
+    def split_for(name: str) -> str:  # resolves the default and records it for the summary
+        args.split = args.split or ("test" if name in DATASETS else "train")
+        return args.split
 
     if args.checkpoint:
         from ..checkpoint import load
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     batch_nfe = {r["batch"]: r["nfe"] for r in rows}
     summary = {
         "model": desc,
-        "data": {"name": data.name, "split": args.split or "default", "n": n, "levels": data.levels,
+        "data": {"name": data.name, "split": args.split or "oracle samples", "n": n, "levels": data.levels,
                  "scale": data.scale, "offset": data.offset, "sample_shape": list(data.sample_shape)},
         f"mean_{key}": float(vals.mean()),
         f"{key}_std_err": float(vals.std() / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"),
