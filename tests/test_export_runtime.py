@@ -22,6 +22,17 @@ from sdeflow.sampling import time_grid
 RUNTIME = Path(rt.__file__)
 
 
+def _mlp_checkpoint(path: Path, time_label) -> Path:
+    """A small untrained 2-D MLP checkpoint (VP, eps prediction) for the CLI and quickstart-export tests."""
+    from sdeflow import save
+    from sdeflow.models import build_model
+
+    torch.manual_seed(0)
+    cfg = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
+    data_info = {"name": "gmm", "levels": None, "scale": 1.0, "offset": 0.0, "sample_shape": [2]}
+    return save(path, build_model(cfg), VPSDE(), "eps", time_label, cfg, data_info)
+
+
 def _config(sde, grid: str, one: bool) -> dict:
     return {
         "grid": grid,
@@ -163,21 +174,7 @@ def test_cli_run_onnx_npy_png_and_errors(mlp_onnx, tmp_path, capsys):
 
 
 def test_cli_export_from_checkpoint(tmp_path, capsys):
-    from sdeflow import save
-
-    torch.manual_seed(0)
-    cfg = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
-    from sdeflow.models import build_model
-
-    ckpt = save(
-        tmp_path / "ckpt",
-        build_model(cfg),
-        VPSDE(),
-        "eps",
-        DDPMTimesteps(1000),
-        cfg,
-        {"name": "gmm", "levels": None, "scale": 1.0, "offset": 0.0, "sample_shape": [2]},
-    )
+    ckpt = _mlp_checkpoint(tmp_path / "ckpt", DDPMTimesteps(1000))
     out = tmp_path / "m.onnx"
     assert cli_main(["export", "--checkpoint", str(ckpt), "--steps", "4", "--out", str(out)]) == 0
     assert "onnxruntime vs sdeflow.sample" in capsys.readouterr().out
@@ -205,20 +202,9 @@ def test_auto_providers_falls_back_to_cpu_quietly(mlp_onnx, capfd):
 def test_quickstart_export_reports_parity_and_speed(tmp_path):
     from sdeflow.export import quickstart_export
 
-    from sdeflow import ContinuousTime, save
-    from sdeflow.models import build_model
+    from sdeflow import ContinuousTime
 
-    torch.manual_seed(0)
-    cfg = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
-    ckpt = save(
-        tmp_path / "ckpt",
-        build_model(cfg),
-        VPSDE(),
-        "eps",
-        ContinuousTime(),
-        cfg,
-        {"name": "gmm", "levels": None, "scale": 1.0, "offset": 0.0, "sample_shape": [2]},
-    )
+    ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
     out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1)
     assert out["verified"] and Path(out["onnx"]).is_file()
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
