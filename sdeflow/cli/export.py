@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_ddim_arguments
+
 HELP = "Export a checkpoint's DDIM sampler (network + fixed-step loop) to one ONNX file, verified in onnxruntime."
 
 
@@ -11,15 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--out", default="model.onnx", help="output .onnx file (default: model.onnx)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S (default: 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]; > 0 adds the input `noise`")
-    p.add_argument("--grid", default=None, help="time grid as in `sdeflow sample` (default: sdeflow.sample's)")
-    p.add_argument("--eps", type=float, default=1e-3, help="smallest time of a continuous grid (default: 1e-3)")
-    p.add_argument(
-        "--set-alpha-to-one",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="last step to alpha = 1 (default: true on the discrete schedule, false otherwise)",
-    )
+    add_ddim_arguments(p)  # --grid, --eta (> 0 adds the graph input `noise`), --eps, --set-alpha-to-one
     p.add_argument(
         "--dynamic-steps",
         action="store_true",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import add_ddim_arguments
+
 HELP = "Draw samples with any sampler (ddpm, ddim, dpmsolver++, pc, sde:<torchsde>, ode:<torchdiffeq>)."
 
 
@@ -19,15 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-seed", type=int, default=0, help="seed of the random mixture")
     p.add_argument("--method", default="ddim", help="ddpm, ddim, dpmsolver++, pc, sde[:solver], ode[:solver]")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--grid", default=None, help="uniform, quadratic, logsnr, karras, leading, trailing, linspace")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
-    p.add_argument("--eps", type=float, default=1e-3, help="end time of continuous grids")
-    p.add_argument(
-        "--set-alpha-to-one",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="last step to abar = 1 (denoised) or to abar_0 / eps (default: yes on DDPM spacings)",
-    )
+    add_ddim_arguments(p)
     p.add_argument("--variance", default="posterior", help="ddpm: posterior or beta")
     p.add_argument("--snr", type=float, default=0.16, help="pc: Langevin corrector signal-to-noise ratio")
     p.add_argument("--n", type=int, default=16, help="number of samples")
