@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdeflow", description="Score-based diffusion models as differential equations."
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's, one per core); use 1 when other CPU-heavy jobs run alongside",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"sdeflow.cli.{module_name}")
@@ -38,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be a positive integer; got {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args._run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:
