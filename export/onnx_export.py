@@ -24,7 +24,7 @@ import torch
 
 from .._utils import atomic_write
 from ..parametrization import DDPMTimesteps, ScoreModel
-from ..sampling import DEFAULT_GRIDS
+from ..sampling.names import DEFAULT_GRIDS
 from ..sde import VPSDE
 from .graph import DDIMStep, UnrolledDDIM
 from .onnx_graphs import has_subgraphs, scan_graph, unrolled_graph

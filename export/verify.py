@@ -27,21 +27,23 @@ def torch_ddim(
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """x_0 from ``sdeflow.sample(method='ddim')`` with the exported graph's settings (``config``)."""
-    from ..sampling import sample
+    from ..sampling import DDIM, DDPMSpacing, Karras, sample
 
+    grid = config["grid"]
+    if grid == "karras":
+        grid = Karras(rho=config["rho"])
+    elif grid in ("leading", "trailing", "linspace"):
+        grid = DDPMSpacing(grid, offset=config["steps_offset"])
     result = sample(
         score_model,
         score_model.sde,
         x_T,
-        method="ddim",
+        sampler=DDIM(eta=config["eta"]),
         steps=steps,
-        grid=config["grid"],
+        grid=grid,
         eps=config["eps"],
-        eta=config["eta"],
         set_alpha_to_one=config["set_alpha_to_one"],
-        steps_offset=config["steps_offset"],
-        rho=config["rho"],
-        noise=noise,
+        noise=None if noise is None else (lambda k: noise[k]),
     )
     return result.samples
 

@@ -31,31 +31,20 @@ from torch import Tensor
 from ._utils import atomic_write
 from .oracle import GaussianMixture
 from .parametrization import ScoreModel
+from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
 from .sde import SDE, VPSDE
 
 __all__ = ["compare", "CompareResult", "CompareRow", "SOLVER_ALIASES", "sliced_wasserstein"]
 
-# Short names for the PF-ODE solvers; anything else is a ``sample`` method string ('ddim', 'sde:srk', 'ode:rk4').
+# Short names for the PF-ODE solvers; anything else is a sampler name of ``sdeflow.sampling.SAMPLERS`` ('ddim',
+# 'unipc', 'sde:srk', 'ode:rk4', ...). 'ddim-eta0.5' style suffixes set DDIM's eta.
 SOLVER_ALIASES: dict[str, str] = {
     "euler": "ode:euler",
-    "heun": "ode:heun2",
     "midpoint": "ode:midpoint",
     "rk4": "ode:rk4",
+    "heun2": "ode:heun2",
     "heun3": "ode:heun3",
 }
-# Network evaluations per step, to turn an NFE budget into a number of steps.
-_COST: dict[str, int] = {
-    "ode:euler": 1,
-    "ode:heun2": 2,
-    "ode:midpoint": 2,
-    "ode:heun3": 3,
-    "ode:rk4": 4,
-    "pc": 2,
-    "sde:heun": 2,
-    "sde:midpoint": 2,
-    "sde:log_ode": 2,
-}
-_DETERMINISTIC = ("ode", "ddim", "dpmsolver++")
 
 
 @dataclass(frozen=True)
@@ -171,11 +160,22 @@ def fit_order(nfe: Sequence[int], err: Sequence[float]) -> float | None:
     return -sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
-def _resolve(solver: str) -> tuple[str, dict]:
-    """A compare solver name -> (sample method string, extra kwargs). 'ddim-eta1' style suffixes set eta."""
+def _resolve(solver: str) -> Sampler:
+    """A compare solver name -> a sampler object (through the one name table)."""
     if solver.startswith("ddim-eta"):
-        return "ddim", {"eta": float(solver[len("ddim-eta") :])}
-    return SOLVER_ALIASES.get(solver, solver), {}
+        return make_sampler("ddim", eta=float(solver[len("ddim-eta") :]))
+    return make_sampler(SOLVER_ALIASES.get(solver, solver))
+
+
+def _evals_per_step(smp: Sampler) -> int:
+    """Network evaluations per grid step, to turn an NFE budget into a number of steps."""
+    if isinstance(smp, (ODESolver, SDESolver)):
+        return smp.evals_per_step
+    if isinstance(smp, Heun):
+        return 2
+    if isinstance(smp, PC):
+        return 1 + smp.n_corrector
+    return 1
 
 
 def compare(
@@ -202,8 +202,6 @@ def compare(
     the reference runs in the model's float32 at tolerance max(reference_tol, 1e-6). ``grids`` maps a solver to
     its time grid (default: each method's default grid). Samples are seeded per sample from ``seed``.
     """
-    from .sampling import sample
-
     if not solvers:
         raise ValueError("`solvers` must name at least one solver, e.g. ('ddim', 'dpmsolver++').")
     if not nfe or any(int(b) < 1 for b in nfe):
@@ -221,12 +219,12 @@ def compare(
         shape = tuple(sample_shape)
         dtype, tol = torch.float32, max(reference_tol, 1e-6)
     x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)  # noqa: N806
-    ref = sample(model, sde, x_T, method="ode", solver="dopri5", eps=eps, rtol=tol, atol=tol).samples
+    ref = sample(model, sde, x_T, sampler=ODESolver("dopri5", rtol=tol, atol=tol), eps=eps).samples
     exact = None
     rows: list[CompareRow] = []
     for name in solvers:
-        method, extra = _resolve(name)
-        stochastic = not (method.split(":")[0] in _DETERMINISTIC and extra.get("eta", 0.0) == 0.0)
+        smp = _resolve(name)
+        stochastic = not smp.is_deterministic()
         if stochastic and mixture is None:
             raise ValueError(
                 f"Stochastic solver {name!r} needs the oracle's exact distribution; compare it on a mixture."
@@ -246,17 +244,16 @@ def compare(
                 )
                 / 3
             )
-        kwargs = dict(extra)
+        kwargs: dict = {"sampler": smp}
         if grids and name in grids:
             kwargs["grid"] = grids[name]
         for budget in nfe:
-            steps = max(1, int(budget) // _COST.get(method, 1))
+            steps = max(1, int(budget) // _evals_per_step(smp))
             if stochastic:
                 r = sample(
                     model,
                     sde,
                     shape=(n_distribution, *shape),
-                    method=method,
                     steps=steps,
                     eps=eps,
                     seed=seed + 1,
@@ -266,7 +263,7 @@ def compare(
                 err = sliced_wasserstein(r.samples, exact, generator=torch.Generator().manual_seed(seed))
                 row = CompareRow(name, steps, r.nfe, err, err, "distribution", floor, r.wall_time, r.status)
             else:
-                r = sample(model, sde, x_T, method=method, steps=steps, eps=eps, **kwargs)
+                r = sample(model, sde, x_T, steps=steps, eps=eps, **kwargs)
                 per = (r.samples - ref).flatten(1).double().norm(dim=1) / math.sqrt(math.prod(shape))
                 row = CompareRow(
                     name, steps, r.nfe, float(per.mean()), float(per.median()), "endpoint", None, r.wall_time, r.status

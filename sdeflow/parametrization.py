@@ -21,17 +21,56 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time
 from .sde import SDE
 
-__all__ = ["ScoreModel", "ContinuousTime", "DDPMTimesteps", "ScoreSDETime", "TimeLabel", "as_score_model"]
+__all__ = [
+    "output_conversion",
+    "ScoreModel",
+    "ContinuousTime",
+    "DDPMTimesteps",
+    "ScoreSDETime",
+    "TimeLabel",
+    "as_score_model",
+]
 
 Prediction = Literal["eps", "x0", "v", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
+
+
+def output_conversion(prediction: str, alpha: Any, sigma: Any) -> dict[str, tuple[Any, Any]]:
+    """THE conversion of a network output: each of eps_hat, x0_hat and the score is p x + q out.
+
+    Returns {'eps': (p, q), 'x0': (p, q), 'score': (p, q)} for the given ``prediction`` at a point with mean
+    coefficient ``alpha`` and noise level ``sigma`` (floats, float64 tensors or tensors broadcasting against x). The
+    table in the module docstring, written as coefficients; with n = alpha^2 + sigma^2:
+
+        prediction  eps_hat = p x + q out        x0_hat = p x + q out             score = -eps_hat / sigma
+        'eps'       (0, 1)                       (1/alpha, -sigma/alpha)
+        'x0'        (1/sigma, -alpha/sigma)      (0, 1)
+        'v'         (sigma/n, alpha/n)           (alpha/n, -sigma/n)
+        'score'     (0, -sigma)                  (1/alpha, sigma^2/alpha)           (0, 1)
+
+    Every consumer (``ScoreModel``, the samplers' coefficient plans, the ONNX exporter) uses this one function, so
+    the conversion is written once. Being linear in (x, out), it folds into the samplers' coefficients.
+    """
+    if prediction == "eps":
+        eps, x0 = (0.0, 1.0), (1 / alpha, -sigma / alpha)
+    elif prediction == "x0":
+        eps, x0 = (1 / sigma, -alpha / sigma), (0.0, 1.0)
+    elif prediction == "v":
+        n = alpha * alpha + sigma * sigma
+        eps, x0 = (sigma / n, alpha / n), (alpha / n, -sigma / n)
+    elif prediction == "score":
+        eps, x0 = (0.0, -sigma), (1 / alpha, sigma * sigma / alpha)
+    else:
+        raise ValueError(f"Invalid prediction {prediction!r}. Must be one of {PREDICTIONS}.")
+    score = (0.0, 1.0) if prediction == "score" else (-eps[0] / sigma, -eps[1] / sigma)
+    return {"eps": eps, "x0": x0, "score": score}
 
 
 class TimeLabel:
@@ -162,41 +201,23 @@ class ScoreModel(nn.Module):
             )
         return out
 
+    def _convert(self, x: Tensor, t: Tensor | float, target: str) -> Tensor:
+        t, alpha, sigma = self._coefs(x, t)
+        (p, q) = output_conversion(self.prediction, alpha, sigma)[target]
+        out = self._net(x, t)
+        return out * q if isinstance(p, (int, float)) and p == 0 else p * x + q * out
+
     def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The noise prediction eps_hat(x, t)."""
-        t, alpha, sigma = self._coefs(x, t)
-        out = self._net(x, t)
-        if self.prediction == "eps":
-            return out
-        if self.prediction == "x0":
-            return (x - alpha * out) / sigma
-        if self.prediction == "v":
-            return (alpha * out + sigma * x) / (alpha**2 + sigma**2)
-        return -sigma * out
+        return self._convert(x, t, "eps")
 
     def x0(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The data prediction x0_hat(x, t) (Tweedie's denoiser)."""
-        t, alpha, sigma = self._coefs(x, t)
-        out = self._net(x, t)
-        if self.prediction == "eps":
-            return (x - sigma * out) / alpha
-        if self.prediction == "x0":
-            return out
-        if self.prediction == "v":
-            return (alpha * x - sigma * out) / (alpha**2 + sigma**2)
-        return (x + sigma**2 * out) / alpha
+        return self._convert(x, t, "x0")
 
     def score(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score s(x, t) = grad_x log p_t(x)."""
-        t, alpha, sigma = self._coefs(x, t)
-        out = self._net(x, t)
-        if self.prediction == "score":
-            return out
-        if self.prediction == "x0":
-            return -(x - alpha * out) / sigma**2
-        if self.prediction == "v":
-            return -(alpha * out + sigma * x) / ((alpha**2 + sigma**2) * sigma)
-        return -out / sigma
+        return self._convert(x, t, "score")
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         return self.score(x, t)

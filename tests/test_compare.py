@@ -71,7 +71,7 @@ def test_compare_on_a_model_scores_deterministic_solvers_only():
         compare(("ddim",), (10,), model=model, sde=sde, n=16)
     with pytest.raises(ValueError, match="`nfe` must be a non-empty list of budgets >= 1"):
         compare(("ddim",), (0,))
-    with pytest.raises(ValueError, match="Invalid method 'bogus'"):
+    with pytest.raises(ValueError, match="Invalid sampler 'bogus'"):
         compare(("bogus",), (10,), n=4)
 
 
@@ -88,7 +88,7 @@ def test_cli_compare_and_sample(tmp_path, capsys):
     meta = json.loads((tmp_path / "s.npy.json").read_text())
     assert meta["nfe"] == 5 and meta["status"] == "success"
     assert main(["sample", "--method", "nope", "--out", str(npy), "--no-progress"]) == 2
-    assert "Invalid method 'nope'" in capsys.readouterr().err
+    assert "Invalid sampler 'nope'" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "missing"), "--out", str(npy), "--no-progress"]) == 2
     assert main(["compare", "--nfe", "ten", "--out", str(out)]) == 2
     assert "--nfe must be a comma list" in capsys.readouterr().err

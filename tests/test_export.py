@@ -121,7 +121,8 @@ def test_integer_timestep_ddpm_network(tmp_path):
     assert report.config["label_dtype"] == "int64" and report.verified
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     x_T, noise = runner.draw(3, seed=4, steps=S)  # noqa: N806
-    ref = sample(model, model.sde, torch.from_numpy(x_T), steps=S, eta=1.0, noise=torch.from_numpy(noise))
+    z = torch.from_numpy(noise)  # the graph takes S draws; sample() draws none on a last step to abar = 1
+    ref = sample(model, model.sde, torch.from_numpy(x_T), steps=S, eta=1.0, noise=lambda k: z[k])
     assert ref.timesteps[:-1].tolist() == [(S - 1 - k) * (1000 // S) for k in range(S)]
     assert relative_error(runner.run(x_T, noise), ref.samples.numpy()) < 1e-5
 
@@ -135,7 +136,8 @@ def test_dynamic_steps_graph_runs_any_step_count(tmp_path):
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     for steps in (3, 11):
         x_T, noise = runner.draw(5, seed=1, steps=steps)  # noqa: N806
-        ref = sample(model, model.sde, torch.from_numpy(x_T), steps=steps, eta=0.3, noise=torch.from_numpy(noise))
+        z = torch.from_numpy(noise)
+        ref = sample(model, model.sde, torch.from_numpy(x_T), steps=steps, eta=0.3, noise=lambda k, z=z: z[k])
         assert relative_error(runner.run(x_T, noise, steps=steps), ref.samples.numpy()) < 1e-5
 
 

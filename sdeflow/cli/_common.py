@@ -1,16 +1,50 @@
-"""Arguments shared by several commands."""
+"""Arguments shared by several commands: the sampler, its options and the time grid, mapped through the one name
+table (``sdeflow.sampling.names``)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+# CLI flag -> sampler option. Only flags the user gives are passed, so an option that does not apply to the chosen
+# sampler is an error naming it (the sampler objects validate their options).
+SAMPLER_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "eta": ("--eta", float, "ddim: eta in [0, 1]"),
+    "order": ("--order", int, "dpmsolver++ / sde-dpmsolver++ / unipc / deis: 1-3; ipndm: 1-4"),
+    "variant": ("--variant", str, "unipc: bh1 or bh2"),
+    "variance": ("--variance", str, "ddpm: posterior or beta"),
+    "predictor": ("--predictor", str, "pc: reverse-diffusion or euler-maruyama"),
+    "snr": ("--snr", float, "pc: Langevin corrector signal-to-noise ratio"),
+    "n_corrector": ("--n-corrector", int, "pc: Langevin steps per step"),
+    "rtol": ("--rtol", float, "adaptive ode / sde solvers"),
+    "atol": ("--atol", float, "adaptive ode / sde solvers"),
+}
 
 
-def add_ddim_arguments(p: argparse.ArgumentParser) -> None:
-    """--grid, --eta, --eps and --set-alpha-to-one, as ``sdeflow.sample`` takes them (defaults: sample's)."""
+def add_sampler_arguments(p: argparse.ArgumentParser, default: str = "ddim") -> None:
+    """--sampler (alias --method), the sampler options, --grid, --rho, --eps and --set-alpha-to-one."""
+    from ..sampling import SAMPLERS
+
     p.add_argument(
-        "--grid", default=None, help="uniform, quadratic, logsnr, karras; leading, trailing, linspace (DDPM spacings)"
+        "--sampler",
+        "--method",
+        dest="sampler",
+        default=default,
+        help=f"one of {', '.join(SAMPLERS)}; 'ode:<torchdiffeq method>', 'sde:<torchsde method>' (default {default})",
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
+    for dest, (flag, typ, help_) in SAMPLER_FLAGS.items():
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    p.add_argument("--adaptive", action="store_true", default=None, help="sde: adaptive steps")
+    p.add_argument(
+        "--lower-order-final", action=argparse.BooleanOptionalAction, default=None, help="multistep samplers"
+    )
+    p.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc: UniC corrector")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="uniform, quadratic, logsnr, karras; leading, trailing, linspace (DDPM spacings); or a tuned grid .json",
+    )
+    p.add_argument("--rho", type=float, default=None, help="karras grid exponent (default 7)")
     p.add_argument("--eps", type=float, default=1e-3, help="end time of continuous grids (default: 1e-3)")
     p.add_argument(
         "--set-alpha-to-one",
@@ -18,3 +52,22 @@ def add_ddim_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="last step to abar = 1 (the denoised x0_hat) or stop at abar_0 / eps (default: yes on DDPM spacings)",
     )
+
+
+def sampler_from_args(args: argparse.Namespace):
+    """The sampler object and the grid (object, name or None) the arguments name."""
+    from ..sampling import Karras, load_grid, make_sampler
+
+    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    for k in ("adaptive", "lower_order_final", "corrector"):
+        if getattr(args, k) is not None:
+            options[k] = getattr(args, k)
+    sampler = make_sampler(args.sampler, **options)
+    grid: Any = args.grid
+    if args.rho is not None:
+        if grid not in (None, "karras"):
+            raise ValueError(f"--rho applies to the karras grid; got --grid {grid}.")
+        grid = Karras(rho=args.rho)
+    elif isinstance(grid, str) and grid.endswith(".json"):
+        grid = load_grid(grid)
+    return sampler, grid

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_ddim_arguments
 
 HELP = "Export a checkpoint's DDIM sampler (network + fixed-step loop) to one ONNX file, verified in onnxruntime."
 
@@ -13,7 +12,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--out", default="model.onnx", help="output .onnx file (default: model.onnx)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps S (default: 50)")
-    add_ddim_arguments(p)  # --grid, --eta (> 0 adds the graph input `noise`), --eps, --set-alpha-to-one
+    p.add_argument("--grid", default=None, help="uniform, quadratic, logsnr, karras; leading, trailing, linspace")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (> 0 adds the graph input `noise`)")
+    p.add_argument("--eps", type=float, default=1e-3, help="end time of continuous grids (default: 1e-3)")
+    p.add_argument(
+        "--set-alpha-to-one",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="last step to abar = 1 (the denoised x0_hat) or stop at abar_0 / eps (default: yes on DDPM spacings)",
+    )
     p.add_argument(
         "--dynamic-steps",
         action="store_true",

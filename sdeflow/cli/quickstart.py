@@ -24,7 +24,7 @@ HELP = "Train on the built-in digits, evaluate test bits/dim and sample; write r
 SAMPLERS = (  # label, sdeflow.sample keyword arguments
     ("DDIM, 50 steps", {"method": "ddim", "steps": 50}),
     ("DPM-Solver++(2M), 20 steps", {"method": "dpmsolver++", "steps": 20}),
-    ("adaptive PF-ODE (dopri5)", {"method": "ode", "solver": "dopri5", "rtol": 1e-4, "atol": 1e-4}),
+    ("adaptive PF-ODE (dopri5)", {"method": "ode:dopri5", "rtol": 1e-4, "atol": 1e-4}),
 )
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import add_ddim_arguments
+from ._common import add_sampler_arguments, sampler_from_args
 
-HELP = "Draw samples with any sampler (ddpm, ddim, dpmsolver++, pc, sde:<torchsde>, ode:<torchdiffeq>)."
+HELP = "Draw samples with any sampler (ddim, dpmsolver++, unipc, deis, ipndm, heun, ddpm, pc, ode[:m], sde[:m])."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,11 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-dim", type=int, default=2, help="without --checkpoint: dimension of the random mixture")
     p.add_argument("--oracle-components", type=int, default=4)
     p.add_argument("--oracle-seed", type=int, default=0, help="seed of the random mixture")
-    p.add_argument("--method", default="ddim", help="ddpm, ddim, dpmsolver++, pc, sde[:solver], ode[:solver]")
     p.add_argument("--steps", type=int, default=50)
-    add_ddim_arguments(p)
-    p.add_argument("--variance", default="posterior", help="ddpm: posterior or beta")
-    p.add_argument("--snr", type=float, default=0.16, help="pc: Langevin corrector signal-to-noise ratio")
+    add_sampler_arguments(p)
     p.add_argument("--n", type=int, default=16, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--device", default="cpu")
@@ -40,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from .._utils import atomic_write
     from ..sampling import sample
 
+    sampler, grid = sampler_from_args(args)
     if args.checkpoint is not None:
         try:
             from ..checkpoint import load
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             from tqdm import tqdm
 
             bars.append(
-                tqdm(desc=f"sampling ({args.method})", unit="step", total=info.total if info.total > 0 else None)
+                tqdm(desc=f"sampling ({sampler.name})", unit="step", total=info.total if info.total > 0 else None)
             )
         bars[0].update(1)
 
@@ -70,14 +68,11 @@ def run(args: argparse.Namespace) -> int:
         model,
         sde,
         shape=(args.n, *shape),
-        method=args.method,
+        sampler=sampler,
         steps=args.steps,
-        grid=args.grid,
-        eta=args.eta,
+        grid=grid,
         eps=args.eps,
         set_alpha_to_one=args.set_alpha_to_one,
-        variance=args.variance,
-        snr=args.snr,
         seed=args.seed,
         device=args.device,
         callback=None if args.no_progress else progress,
@@ -87,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     atomic_write(out, lambda tmp: _save_npy(tmp, result.samples.cpu().numpy()))
     meta = {
-        "method": result.method,
-        "solver": result.solver,
+        "sampler": result.method,
+        "options": result.sampler.options(),
         "steps": result.steps,
         "nfe": result.nfe,
         "status": result.status,
@@ -100,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     print(
-        f"{args.n} samples -> {out}  (method {result.method}{':' + result.solver if result.solver else ''}, "
+        f"{args.n} samples -> {out}  (sampler {result.method}, "
         f"{result.steps} steps, NFE {result.nfe}, {result.wall_time:.2f} s, status {result.status})"
     )
     return 0 if result.status == "success" else 1

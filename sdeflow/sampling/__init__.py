@@ -1,28 +1,72 @@
-"""Samplers: ``sample()`` (the front door), time grids, the discrete-grid step functions driven by one loop
-(DDPM, DDIM, DPM-Solver++(2M), predictor-corrector) and the torchsde / torchdiffeq-backed solvers."""
+"""Samplers: ``sample()`` (the front door); typed sampler and grid objects; the coefficient plans that every
+fixed-grid sampler compiles to and the ONE loop that runs them; torchsde / torchdiffeq-backed solvers; the name
+table shared by the CLI, ``compare`` and the exporter."""
 
 from __future__ import annotations
 
-from .api import DEFAULT_GRIDS, METHODS, SampleResult, sample
-from .grids import CONTINUOUS_GRIDS, DISCRETE_SPACINGS, GridPoint, TimeGrid, ddpm_timesteps, time_grid
-from .steppers import DDIMStep, DDPMStep, DPMSolverPP2MStep, PCStep, StepContext, StepInfo, run_grid
+from .api import SampleResult, compile_plan, network_labels, sample
+from .grids import (
+    CONTINUOUS_GRIDS,
+    DISCRETE_SPACINGS,
+    DDPMSpacing,
+    Grid,
+    GridPoint,
+    Karras,
+    LogSNR,
+    Quadratic,
+    Times,
+    TimeGrid,
+    Timesteps,
+    Uniform,
+    ddpm_timesteps,
+    time_grid,
+)
+from .methods import DDIM, DDPM, DEIS, IPNDM, PC, DPMSolverPP, DPMSolverPPSDE, GridSampler, Heun, Sampler, UniPC
+from .names import DEFAULT_GRIDS, GRIDS, SAMPLERS, make_grid, make_sampler
+from .plan import Plan, StepInfo, run_plan
+from .solvers import ODESolver, SDESolver
+from .tuning import load_grid, save_grid
 
 __all__ = [
     "sample",
     "SampleResult",
-    "METHODS",
+    "compile_plan",
+    "network_labels",
+    "Sampler",
+    "GridSampler",
+    "DDPM",
+    "DDIM",
+    "DPMSolverPP",
+    "DPMSolverPPSDE",
+    "UniPC",
+    "IPNDM",
+    "DEIS",
+    "Heun",
+    "PC",
+    "ODESolver",
+    "SDESolver",
+    "SAMPLERS",
+    "GRIDS",
     "DEFAULT_GRIDS",
+    "make_sampler",
+    "make_grid",
+    "Grid",
+    "Uniform",
+    "Quadratic",
+    "LogSNR",
+    "Karras",
+    "DDPMSpacing",
+    "Timesteps",
+    "Times",
     "TimeGrid",
     "GridPoint",
     "time_grid",
     "ddpm_timesteps",
     "CONTINUOUS_GRIDS",
     "DISCRETE_SPACINGS",
+    "Plan",
     "StepInfo",
-    "StepContext",
-    "run_grid",
-    "DDPMStep",
-    "DDIMStep",
-    "DPMSolverPP2MStep",
-    "PCStep",
+    "run_plan",
+    "load_grid",
+    "save_grid",
 ]

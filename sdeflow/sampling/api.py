@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..parametrization import DDPMTimesteps, ScoreModel, as_score_model
 from ..sde import SDE
-from .evaluate import Denoiser, counted
-from .grids import CONTINUOUS_GRIDS, DISCRETE_SPACINGS, TimeGrid, time_grid
+from .evaluate import CountingNet
+from .grids import Grid, TimeGrid, time_grid
+from .methods import GridSampler, Sampler
+from .names import make_grid, make_sampler
 from .noise import NoiseSource, per_sample_seeds
-from .steppers import DDIMStep, DDPMStep, DPMSolverPP2MStep, PCStep, StepContext, StepInfo, run_grid
+from .plan import Plan, StepInfo, run_plan
+from .solvers import ODESolver, SDESolver
 
-__all__ = ["sample", "SampleResult", "METHODS", "DEFAULT_GRIDS"]
-
-GRID_METHODS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++", "pc")
-METHODS: tuple[str, ...] = GRID_METHODS + ("sde", "ode")
-# The grid each method uses when none is given. In benchmarks/bench_samplers.py the quadratic grid is the best for
-# DPM-Solver++ at 10 NFE, within 20% of the best at 20 NFE (log-SNR), and best or near-best for DDIM and Heun by
-# median error (by mean error DDIM and Heun do better on the uniform grid); see benchmarks/RESULTS.md.
-DEFAULT_GRIDS: dict[str, str] = {
-    "ddpm": "uniform",
-    "ddim": "quadratic",
-    "dpmsolver++": "quadratic",
-    "pc": "uniform",
-    "ode": "quadratic",
-}
-VARIANCES: tuple[str, ...] = ("posterior", "beta")
-PREDICTORS: tuple[str, ...] = ("reverse-diffusion", "euler-maruyama")
+__all__ = ["sample", "SampleResult", "compile_plan", "network_labels"]
 
 
 @dataclass(frozen=True)
@@ -39,64 +30,88 @@ class SampleResult:
     """The result of ``sample``.
 
     samples: [B, *sample_shape]; nfe: network evaluations actually made (EDM counting); status: 'success' or
-    'nonfinite' (a NaN or inf in the samples); steps: the grid's steps (0 for adaptive solvers); times: the grid's
-    times (float64; None for adaptive solvers and torchsde); timesteps: the DDPM timesteps on the discrete schedule
-    (-1 marks the final abar = 1 point); seeds: the per-sample seeds; wall_time: seconds.
+    'nonfinite' (a NaN or inf in the samples); sampler: the sampler object; steps: the grid's steps (0 for adaptive
+    solvers); times: the grid's times (float64; None for adaptive solvers and torchsde); timesteps: the DDPM
+    timesteps on the discrete schedule (-1 marks the final abar = 1 point); noise_draws: standard normal draws of
+    the sample's shape the sampler made (the K of an explicit ``noise`` [K, B, ...]); seeds: the per-sample seeds;
+    wall_time: seconds.
     """
 
     samples: Tensor
     nfe: int
     status: str
-    method: str
-    solver: str | None
+    sampler: Sampler
     steps: int
     times: Tensor | None
     timesteps: Tensor | None
+    noise_draws: int
     seeds: tuple[int, ...]
     wall_time: float
 
+    @property
+    def method(self) -> str:
+        """The sampler's name in the name table ('ddim', 'unipc', 'ode', ...)."""
+        return self.sampler.name
 
-def _split_method(method: str, solver: str | None) -> tuple[str, str | None]:
-    from .solvers import ODE_SOLVERS, SDE_SOLVERS
 
-    if not isinstance(method, str):
-        raise TypeError(f"`method` must be a string; got {type(method).__name__}.")
-    if ":" in method:
-        method, _, inner = method.partition(":")
-        if solver is not None and solver != inner:
-            raise ValueError(f"`method` names solver {inner!r} but `solver` is {solver!r}; give it once.")
-        solver = inner
-    if method not in METHODS:
+def _as_int(name: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < lo:
+        raise ValueError(f"`{name}` must be an integer >= {lo}; got {value!r}. Use e.g. {name}=50.")
+    return int(value)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number; got {type(value).__name__}.")
+    return float(value)
+
+
+def compile_plan(
+    model: ScoreModel,
+    sde: SDE,
+    sampler: GridSampler,
+    grid: Grid,
+    steps: int,
+    *,
+    eps: float = 1e-3,
+    set_alpha_to_one: bool | None = None,
+) -> Plan:
+    """The coefficient plan ``sample`` runs for a fixed-grid sampler (also what the ONNX exporter unrolls)."""
+    tgrid = build_grid(model, sde, grid, steps, eps=eps, set_alpha_to_one=set_alpha_to_one)
+    return sampler.plan(tgrid, model.prediction, sde)
+
+
+def build_grid(
+    model: ScoreModel, sde: SDE, grid: Grid, steps: int, *, eps: float, set_alpha_to_one: bool | None
+) -> TimeGrid:
+    if set_alpha_to_one is None:
+        set_alpha_to_one = grid.discrete
+    if not isinstance(set_alpha_to_one, (bool, np.bool_)):
+        raise TypeError(f"`set_alpha_to_one` must be True, False or None; got {set_alpha_to_one!r}.")
+    n_train = model.time_label.N if isinstance(model.time_label, DDPMTimesteps) else 1000
+    tgrid = grid.build(sde, steps, eps=eps, set_alpha_to_one=bool(set_alpha_to_one), N=n_train)
+    lam = torch.log(tgrid.alpha) - torch.log(tgrid.sigma)
+    if not bool((lam[1:] > lam[:-1]).all()):
         raise ValueError(
-            f"Invalid method {method!r}. Must be one of {METHODS} (or 'sde:<torchsde method>', "
-            f"'ode:<torchdiffeq method>')."
+            f"The grid {grid.config()} has a step that does not lower the noise (log-SNR not strictly increasing: "
+            "e.g. a final point equal to the last timestep). Use set_alpha_to_one=True or a grid with distinct points."
         )
-    if method == "sde":
-        solver = solver or "euler"
-        if solver not in SDE_SOLVERS:
-            raise ValueError(f"Invalid torchsde solver {solver!r} for method 'sde'. Must be one of {SDE_SOLVERS}.")
-    elif method == "ode":
-        solver = solver or "dopri5"
-        if solver not in ODE_SOLVERS:
-            raise ValueError(f"Invalid torchdiffeq solver {solver!r} for method 'ode'. Must be one of {ODE_SOLVERS}.")
-    elif solver is not None:
-        raise ValueError(f"`solver` applies to methods 'sde' and 'ode' only; got solver={solver!r} for {method!r}.")
-    return method, solver
+    return tgrid
 
 
-def _check(steps: int, eta: float, variance: str, predictor: str, snr: float, n_corrector: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be an integer >= 1; got {steps!r}. Use e.g. steps=50.")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"`eta` must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta}.")
-    if variance not in VARIANCES:
-        raise ValueError(f"Invalid variance {variance!r}. Must be one of {VARIANCES}.")
-    if predictor not in PREDICTORS:
-        raise ValueError(f"Invalid predictor {predictor!r}. Must be one of {PREDICTORS}.")
-    if not snr > 0:
-        raise ValueError(f"`snr` must be > 0 (typically 0.16); got {snr}.")
-    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"`n_corrector` must be an integer >= 0; got {n_corrector!r}.")
+def network_labels(model: ScoreModel, tgrid: TimeGrid, points: Sequence[int]) -> list[Tensor]:
+    """The label the network receives at each of the grid ``points`` (0-d tensors): the integer DDPM timestep on the
+    discrete schedule for ``DDPMTimesteps`` networks (exactly what DDPM/DDIM implementations pass), else
+    ``model.time_label(t)`` with t clamped to [t_min, T] as ``ScoreModel`` does."""
+    out = []
+    for k in points:
+        ts = None if tgrid.timesteps is None else int(tgrid.timesteps[k])
+        if ts is not None and ts >= 0 and isinstance(model.time_label, DDPMTimesteps):
+            out.append(torch.tensor(ts, dtype=torch.long if model.time_label.integer else torch.float64))
+        else:
+            t = tgrid.t[k].clamp(model.t_min, model.sde.T)
+            out.append(model.time_label(t.reshape(1)).reshape(()))
+    return out
 
 
 def sample(
@@ -104,25 +119,13 @@ def sample(
     sde: SDE,
     x_T: Tensor | None = None,  # noqa: N803
     *,
-    shape: Sequence[int] | None = None,
-    method: str = "ddim",
+    sampler: Sampler | str = "ddim",
+    method: str | None = None,
     steps: int = 50,
-    grid: str | Tensor | None = None,
+    grid: Grid | str | Tensor | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
     eps: float = 1e-3,
-    eta: float = 0.0,
-    variance: str = "posterior",
     set_alpha_to_one: bool | None = None,
-    steps_offset: int = 0,
-    rho: float = 7.0,
-    lower_order_final: bool = True,
-    predictor: str = "reverse-diffusion",
-    snr: float = 0.16,
-    n_corrector: int = 1,
-    solver: str | None = None,
-    adaptive: bool = False,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    options: dict | None = None,
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | Callable[[int], Tensor] | None = None,
@@ -130,108 +133,85 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process from x_T ~ p_T down to t = eps (or to sigma = 0).
 
-    Methods (``method``):
-        'ddpm'         ancestral sampling, ``variance`` 'posterior' or 'beta'
-        'ddim'         DDIM with ``eta`` in [0, 1]
-        'dpmsolver++'  DPM-Solver++(2M), first-order warm-up and (``lower_order_final``) final steps
-        'pc'           ``predictor`` 'reverse-diffusion' or 'euler-maruyama' + ``n_corrector`` Langevin steps (``snr``)
-        'sde'          torchsde ``solver`` on the reverse SDE (fixed dt = (T - eps)/steps, or ``adaptive``)
-        'ode'          torchdiffeq ``solver`` on the PF-ODE (adaptive with rtol/atol, or fixed-step on ``grid``)
-    'sde:srk' and 'ode:rk4' are shorthands for method + solver. Formulas: see ``sdeflow.sampling.steppers``.
+    ``sampler`` is a sampler object (``DDIM(eta=0.3)``, ``DPMSolverPP(order=3)``, ``UniPC(order=3)``, ``IPNDM()``,
+    ``DEIS()``, ``Heun()``, ``DDPM()``, ``PC()``, ``DPMSolverPPSDE()``, ``ODESolver('dopri5')``,
+    ``SDESolver('euler')``) or its name from ``sdeflow.sampling.SAMPLERS`` with the options as keyword arguments
+    (``sampler='unipc', order=3``; ``method=`` is the same as a name). An option that does not apply to the
+    sampler is a ValueError. 'ode:rk4' and 'sde:srk' are shorthands for the torchdiffeq / torchsde methods.
 
-    Grids (``grid``): 'uniform', 'quadratic', 'logsnr', 'karras' (``rho``) on [eps, T]; 'leading', 'trailing',
-    'linspace' on the discrete DDPM schedule (VPSDE; the default for networks labelled with ``DDPMTimesteps``,
-    'leading' as in diffusers); or a strictly decreasing tensor of times. ``set_alpha_to_one``: the last step goes
-    to abar = 1 (sigma = 0, returning the denoised x0_hat; the default on the discrete schedule, as in diffusers)
-    or stops at abar_0 / t = eps (the default on continuous grids). DDIM on the discrete schedule reproduces
-    diffusers' DDIMScheduler (epsilon prediction, same spacing and set_alpha_to_one) with the previous timestep
-    read from the timestep array.
+    ``grid`` is a ``Grid`` (``Uniform()``, ``Quadratic()``, ``LogSNR()``, ``Karras(rho)``, ``DDPMSpacing('leading',
+    offset)``, ``Timesteps([...])``, ``Times([...])`` - e.g. a tuned grid), a name ('uniform', 'quadratic',
+    'logsnr', 'karras', 'leading', 'trailing', 'linspace') or a decreasing tensor of times; ``steps`` is the number
+    of grid steps (explicit grids carry their own). Default: 'leading' for networks labelled ``DDPMTimesteps`` (as
+    diffusers), else the sampler's default grid (``sdeflow.sampling.names.DEFAULT_GRIDS``).
+    ``set_alpha_to_one``: the last step goes to abar = 1 (sigma = 0: the sample is the denoised x0_hat; the default
+    on the DDPM timesteps, as in diffusers) or stops at abar_0 / t = eps (the default on continuous grids).
 
-    Randomness is per sample: sample i uses seed_i = ``seed`` + i (or the i-th of a list of seeds, or seeds
-    derived from ``generator``) for its x_T and its noise, drawn on ``noise_device`` (CPU by default, identical on
-    every device), so a seeded sample does not depend on the batch size. ``noise`` replaces the step noise: a
-    tensor [K, B, *sample_shape] (k-th slice = k-th draw) or a callable k -> [B, *sample_shape].
-    Adaptive solvers choose steps from the whole batch's error, so their per-sample results agree across batch
-    sizes only to the tolerance.
+    Every fixed-grid sampler is compiled to a float64 coefficient plan (``compile_plan``) that one loop executes
+    (``sdeflow.sampling.plan``). Randomness is per sample: sample i uses seed_i = ``seed`` + i (or the i-th of a list
+    of seeds, or seeds derived from ``generator``) for its x_T and its noise, drawn on ``noise_device`` (CPU by
+    default, identical on every device), so a seeded sample does not depend on the batch size. ``noise`` replaces
+    the step noise: a tensor [K, B, *sample_shape] with K = the plan's ``noise_draws`` (k-th slice = k-th draw) or a
+    callable k -> [B, *sample_shape].
 
     Args:
         model: a ``ScoreModel`` or a plain callable score(x, t).
         sde: the forward SDE.
         x_T: starting points [B, *sample_shape]; drawn from the prior when None (then ``shape`` is required).
-        callback: called with a ``StepInfo`` after each step (each evaluation for 'sde'/'ode').
+        callback: called with a ``StepInfo`` after each step (each evaluation for ODE/SDE solvers).
     """
     t_start = time.perf_counter()
-    method, solver = _split_method(method, solver)
-    _check(steps, eta, variance, predictor, snr, n_corrector)
+    if method is not None:
+        if not (isinstance(sampler, str) and sampler == "ddim"):
+            raise ValueError("Give the sampler once: `sampler=` (object or name) or `method=` (name), not both.")
+        sampler = method
+    smp = make_sampler(sampler, **options)
+    steps = _as_int("steps", steps, 1)
+    eps = _as_float("eps", eps)
     if not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps}. Use e.g. eps=1e-3.")
     model = as_score_model(model, sde)
-    if x_T is None:
-        if shape is None:
-            raise ValueError("Give `x_T` or `shape` = (B, *sample_shape), e.g. shape=(16, 2).")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"`shape` must be (B, *sample_shape) with positive sizes; got {shape}.")
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        dtype = dtype or torch.float32
-    else:
-        if not isinstance(x_T, Tensor) or x_T.ndim < 2:
-            raise ValueError("`x_T` must be a tensor of shape [B, *sample_shape] (at least 2-D).")
-        shape = tuple(x_T.shape)
-        device = torch.device(device) if device is not None else x_T.device
-        dtype = dtype or x_T.dtype
-
+    x_T, shape, device, dtype = _check_start(x_T, shape, device, dtype)  # noqa: N806
     discrete_model = isinstance(model.time_label, DDPMTimesteps)
-    grid_given = grid is not None
-    if grid is None:
-        grid = "leading" if discrete_model and method in GRID_METHODS else DEFAULT_GRIDS.get(method, "uniform")
-    if isinstance(grid, str) and grid not in CONTINUOUS_GRIDS + DISCRETE_SPACINGS:
-        raise ValueError(f"Invalid grid {grid!r}. Must be one of {CONTINUOUS_GRIDS + DISCRETE_SPACINGS} or a tensor.")
-    is_discrete = isinstance(grid, str) and grid in DISCRETE_SPACINGS
-    if method in ("sde", "ode") and is_discrete:
-        raise ValueError(f"Method {method!r} integrates in continuous time; use a grid from {CONTINUOUS_GRIDS}.")
-    if set_alpha_to_one is None:
-        set_alpha_to_one = is_discrete
-    if set_alpha_to_one and method in ("sde", "ode"):
-        raise ValueError(f"Method {method!r} ends at t = eps; `set_alpha_to_one=True` applies to {GRID_METHODS}.")
-    n_train = model.time_label.N if discrete_model else 1000
-    tgrid: TimeGrid | None = None
-    if method != "sde" and not (method == "ode" and not _fixed(solver)):
-        tgrid = time_grid(
-            sde,
-            steps,
-            grid,
-            eps=eps,
-            rho=rho,
-            set_alpha_to_one=set_alpha_to_one,
-            N=n_train,
-            steps_offset=steps_offset,
-        )
-    if method == "ode" and tgrid is None and grid_given:
-        raise ValueError(f"The adaptive solver {solver!r} chooses its own steps; `grid` applies to fixed-step solvers.")
-    if method == "ode" and tgrid is None:
-        tgrid = time_grid(sde, 1, "uniform", eps=eps)  # adaptive: only the ends are used
-    if method == "sde" and grid_given and not (isinstance(grid, str) and grid == "uniform"):
-        raise ValueError("Method 'sde' steps with a fixed dt = (T - eps) / steps; `grid` does not apply.")
-
     seeds = per_sample_seeds(shape[0], seed, generator)
-    sampler_steps = tgrid.steps if tgrid is not None else steps
-    progress: list[int] = [0]
 
-    def on_call() -> None:
-        progress[0] += 1
-        if callback is not None and method in ("sde", "ode"):
-            callback(StepInfo(step=progress[0], total=-1, t=float("nan"), nfe=progress[0]))
+    plan: Plan | None = None
+    tgrid: TimeGrid | None = None
+    if isinstance(smp, GridSampler):
+        gobj = make_grid(grid, smp, discrete_model)
+        plan = compile_plan(model, sde, smp, gobj, steps, eps=eps, set_alpha_to_one=set_alpha_to_one)
+        tgrid = plan.grid
+        max_draws = plan.noise_draws
+    elif isinstance(smp, ODESolver):
+        if set_alpha_to_one:
+            raise ValueError("ODE solvers end at t = eps; `set_alpha_to_one=True` applies to the grid samplers.")
+        if smp.adaptive:
+            if grid is not None:
+                raise ValueError(f"The adaptive solver {smp.method!r} chooses its own steps; `grid` does not apply.")
+            tgrid = time_grid(sde, 1, "uniform", eps=eps)  # only the ends are used
+        else:
+            gobj = make_grid(grid, smp, False)
+            if gobj.discrete:
+                raise ValueError(f"ODE solvers integrate in continuous time; got the discrete grid {gobj.config()}.")
+            if smp.method in ("explicit_adams", "implicit_adams", "fixed_adams") and gobj.name != "uniform":
+                raise ValueError(
+                    f"torchdiffeq's {smp.method!r} uses constant-step coefficients: on the non-uniform grid "
+                    f"{gobj.name!r} it loses its order (measured: 2 instead of 4). Use grid='uniform' or another method."
+                )
+            tgrid = build_grid(model, sde, gobj, steps, eps=eps, set_alpha_to_one=False)
+        max_draws = 0
+    else:
+        assert isinstance(smp, SDESolver)
+        if grid is not None:
+            raise ValueError("SDE solvers step with a fixed dt = (T - eps) / steps; `grid` does not apply.")
+        if set_alpha_to_one:
+            raise ValueError("SDE solvers end at t = eps; `set_alpha_to_one=True` applies to the grid samplers.")
+        max_draws = steps * (2 if smp.method == "srk" else 1)
 
-    cmodel, counter = counted(model, on_call)
-    sampler = _grid_sampler(method, eta, variance, lower_order_final, predictor, snr, n_corrector)
-    per_step = getattr(sampler, "noise_per_step", 0)
-    if method == "sde":
-        per_step = 2 if solver == "srk" else 1
-    max_draws = sampler_steps * per_step
     source = NoiseSource(
         seeds,
         shape[1:],
@@ -239,73 +219,118 @@ def sample(
         device=device,
         max_draws=max_draws,
         noise_device=noise_device,
-        explicit=noise,
+        explicit=_check_noise(noise, max_draws, shape, plan is not None),
     )
     if x_T is None:
         x_T = sde.prior_std * source.prior()  # noqa: N806
     x = x_T.to(device=device, dtype=dtype)
 
+    counter = CountingNet(model.net)
     with torch.no_grad():
-        if method == "sde":
-            from .solvers import solve_reverse_sde
+        if plan is not None:
+            labels = [lab.to(device) for lab in network_labels(model, plan.grid, [e.point for e in plan.evals])]
 
-            x = solve_reverse_sde(
-                cmodel,
-                sde,
-                x,
-                solver=solver,
-                eps=eps,
-                steps=steps,
-                adaptive=adaptive,
-                rtol=rtol,
-                atol=atol,
-                seeds=seeds,
-                source=source,
-            )
-        elif method == "ode":
-            from .solvers import solve_pf_ode
+            def net(x_in: Tensor, i: int) -> Tensor:
+                lab = labels[i]
+                lab = lab.to(x_in.dtype) if lab.is_floating_point() else lab
+                out = counter(x_in, lab.expand(x_in.shape[0]))
+                if out.shape != x_in.shape:
+                    raise ValueError(
+                        f"The network returned shape {tuple(out.shape)} for input shape {tuple(x_in.shape)}; a "
+                        "score network must return a tensor of the input's shape."
+                    )
+                return out
 
-            x = solve_pf_ode(cmodel, sde, x, solver=solver, times=tgrid.t, rtol=rtol, atol=atol, options=options)
+            x = run_plan(plan, net, x, source, callback)
         else:
-            ctx = StepContext(denoiser=Denoiser(cmodel, counter), noise=source, sde=sde)
-            x = run_grid(sampler, x, tgrid, ctx, callback)
+            wrapped = ScoreModel(counter, model.sde, model.prediction, model.time_label, model.t_min)
+            if callback is not None:
+                counter.on_call = lambda: callback(
+                    StepInfo(step=counter.calls, total=-1, t=float("nan"), nfe=counter.calls)
+                )
+            if isinstance(smp, SDESolver):
+                from .solvers import solve_reverse_sde
+
+                rtol, atol = smp.tolerances()
+                x = solve_reverse_sde(
+                    wrapped,
+                    sde,
+                    x,
+                    solver=smp.method,
+                    eps=eps,
+                    steps=steps,
+                    adaptive=smp.adaptive,
+                    rtol=rtol,
+                    atol=atol,
+                    seeds=seeds,
+                    source=source,
+                )
+            else:
+                from .solvers import solve_pf_ode
+
+                assert isinstance(smp, ODESolver) and tgrid is not None
+                rtol, atol = smp.tolerances()
+                x = solve_pf_ode(wrapped, sde, x, solver=smp.method, times=tgrid.t, rtol=rtol, atol=atol, options=smp.options)
     status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
-    fixed_grid = method in GRID_METHODS or (method == "ode" and _fixed(solver))
+    fixed = plan is not None or (isinstance(smp, ODESolver) and not smp.adaptive)
+    n_steps = tgrid.steps if fixed and tgrid is not None else (steps if isinstance(smp, SDESolver) and not smp.adaptive else 0)
     return SampleResult(
         samples=x,
         nfe=counter.calls,
         status=status,
-        method=method,
-        solver=solver,
-        steps=sampler_steps if fixed_grid or (method == "sde" and not adaptive) else 0,
-        times=tgrid.t if fixed_grid else None,
-        timesteps=tgrid.timesteps if fixed_grid else None,
+        sampler=smp,
+        steps=n_steps,
+        times=tgrid.t if fixed and tgrid is not None else None,
+        timesteps=tgrid.timesteps if fixed and tgrid is not None else None,
+        noise_draws=source.draws,
         seeds=tuple(seeds),
         wall_time=time.perf_counter() - t_start,
     )
 
 
-def _fixed(solver: str | None) -> bool:
-    from .solvers import FIXED_ODE_SOLVERS
+def _check_start(
+    x_T: Tensor | None,  # noqa: N803
+    shape: Sequence[int] | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> tuple[Tensor | None, tuple[int, ...], torch.device, torch.dtype]:
+    if dtype is not None and dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise TypeError(f"`dtype` must be a floating dtype (torch.float32 or torch.float64); got {dtype}.")
+    if x_T is None:
+        if shape is None:
+            raise ValueError("Give `x_T` or `shape` = (B, *sample_shape), e.g. shape=(16, 2).")
+        shp = tuple(int(s) for s in shape)
+        if len(shp) < 2 or min(shp) < 1:
+            raise ValueError(f"`shape` must be (B, *sample_shape) with positive sizes; got {shp}.")
+        return None, shp, torch.device(device) if device is not None else torch.device("cpu"), dtype or torch.float32
+    if not isinstance(x_T, Tensor):
+        raise TypeError(f"`x_T` must be a torch.Tensor [B, *sample_shape]; got {type(x_T).__name__}.")
+    if x_T.ndim < 2 or x_T.shape[0] < 1:
+        raise ValueError(f"`x_T` must have shape [B, *sample_shape] (at least 2-D); got {tuple(x_T.shape)}.")
+    if not x_T.is_floating_point():
+        raise TypeError(f"`x_T` must be a floating-point tensor (float32 or float64); got {x_T.dtype}.")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("`x_T` contains NaN or inf; start from finite points (e.g. sde.prior_sampling(shape)).")
+    dev = torch.device(device) if device is not None else x_T.device
+    return x_T, tuple(x_T.shape), dev, dtype or x_T.dtype
 
-    return solver in FIXED_ODE_SOLVERS
 
-
-def _grid_sampler(
-    method: str,
-    eta: float,
-    variance: str,
-    lower_order_final: bool,
-    predictor: str,
-    snr: float,
-    n_corrector: int,
-) -> DDPMStep | DDIMStep | DPMSolverPP2MStep | PCStep | None:
-    if method == "ddpm":
-        return DDPMStep(variance)
-    if method == "ddim":
-        return DDIMStep(eta)
-    if method == "dpmsolver++":
-        return DPMSolverPP2MStep(lower_order_final)
-    if method == "pc":
-        return PCStep(predictor, snr, n_corrector)
-    return None
+def _check_noise(
+    noise: Tensor | Callable[[int], Tensor] | None, draws: int, shape: tuple[int, ...], exact: bool
+) -> Tensor | Callable[[int], Tensor] | None:
+    if noise is None or callable(noise) and not isinstance(noise, Tensor):
+        return noise
+    if not isinstance(noise, Tensor):
+        raise TypeError(f"`noise` must be a torch.Tensor [K, B, *sample_shape] or a callable; got {type(noise).__name__}.")
+    if draws == 0:
+        raise ValueError("`noise` was given but this sampler draws no noise (deterministic); leave it out.")
+    want = (draws, *shape)
+    ok = tuple(noise.shape) == want if exact else (noise.ndim == len(want) and tuple(noise.shape[1:]) == want[1:])
+    if not ok or (not exact and noise.shape[0] < draws):
+        raise ValueError(
+            f"`noise` must have shape [K, B, *sample_shape] = {list(want)} (K = {draws} draws of this sampler and "
+            f"grid); got {list(noise.shape)}."
+        )
+    if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
+        raise ValueError("`noise` must be a finite floating-point tensor (standard normal draws).")
+    return noise

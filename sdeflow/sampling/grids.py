@@ -29,7 +29,22 @@ from torch import Tensor
 
 from ..sde import SDE, VPSDE
 
-__all__ = ["TimeGrid", "GridPoint", "time_grid", "ddpm_timesteps", "CONTINUOUS_GRIDS", "DISCRETE_SPACINGS"]
+__all__ = [
+    "TimeGrid",
+    "GridPoint",
+    "time_grid",
+    "ddpm_timesteps",
+    "CONTINUOUS_GRIDS",
+    "DISCRETE_SPACINGS",
+    "Grid",
+    "Uniform",
+    "Quadratic",
+    "LogSNR",
+    "Karras",
+    "DDPMSpacing",
+    "Timesteps",
+    "Times",
+]
 
 CONTINUOUS_GRIDS: tuple[str, ...] = ("uniform", "quadratic", "logsnr", "karras")
 DISCRETE_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
@@ -88,18 +103,22 @@ def ddpm_timesteps(N: int, steps: int, spacing: str = "leading", steps_offset: i
 
 
 def _discrete_grid(sde: SDE, N: int, steps: int, spacing: str, set_alpha_to_one: bool, steps_offset: int) -> TimeGrid:  # noqa: N803
+    return _discrete_from(sde, N, ddpm_timesteps(N, steps, spacing, steps_offset), set_alpha_to_one, spacing)
+
+
+def _discrete_from(sde: SDE, N: int, ts: Tensor, set_alpha_to_one: bool, kind: str) -> TimeGrid:  # noqa: N803
+    """The grid of the DDPM timesteps ``ts`` plus the final point (abar = 1, or timestep 0)."""
     if not isinstance(sde, VPSDE):
         raise ValueError(
-            f"The discrete spacing {spacing!r} needs the DDPM schedule of a VPSDE; got {sde!r}. "
+            f"The discrete grid {kind!r} needs the DDPM schedule of a VPSDE; got {sde!r}. "
             f"Use a continuous grid {CONTINUOUS_GRIDS}."
         )
     abar = sde.discrete(N).alphas_cumprod
-    ts = ddpm_timesteps(N, steps, spacing, steps_offset)
     final = -1 if set_alpha_to_one else 0
     timesteps = torch.cat([ts, torch.tensor([final])])
     ab = torch.where(timesteps >= 0, abar[timesteps.clamp(min=0)], torch.ones((), dtype=torch.float64))
     t = torch.where(timesteps >= 0, (timesteps + 1).double() / N, torch.zeros((), dtype=torch.float64))
-    return TimeGrid(t=t, alpha=ab.sqrt(), sigma=(1 - ab).sqrt(), timesteps=timesteps, kind=spacing)
+    return TimeGrid(t=t, alpha=ab.sqrt(), sigma=(1 - ab).sqrt(), timesteps=timesteps, kind=kind)
 
 
 def _continuous_times(sde: SDE, n: int, kind: str, eps: float, rho: float) -> Tensor:
@@ -174,3 +193,145 @@ def time_grid(
     else:
         t = _continuous_times(sde, steps + 1, kind, eps, rho)
     return _from_times(sde, t, kind)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Typed grids: what users pass as ``grid=``. Each builds a ``TimeGrid`` for an SDE and a number of steps.
+
+
+class Grid:
+    """A time-grid recipe; ``build(sde, steps, eps=, set_alpha_to_one=, N=)`` returns the ``TimeGrid``."""
+
+    name: str = ""
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        raise NotImplementedError
+
+    @property
+    def discrete(self) -> bool:
+        """True for grids on the discrete DDPM schedule (integer timesteps)."""
+        return False
+
+    def config(self) -> dict:
+        return {"type": self.name}
+
+
+@dataclass(frozen=True)
+class Uniform(Grid):
+    """t_k = T + k/S (eps - T)."""
+
+    name = "uniform"
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        return time_grid(sde, steps, self.name, eps=eps, set_alpha_to_one=set_alpha_to_one)
+
+
+@dataclass(frozen=True)
+class Quadratic(Uniform):
+    """t_k = eps + (T - eps) (1 - k/S)^2 (the DDIM paper's quadratic grid, dense near eps)."""
+
+    name = "quadratic"
+
+
+@dataclass(frozen=True)
+class LogSNR(Uniform):
+    """Uniform in lambda = log(alpha/sigma) (DPM-Solver's grid)."""
+
+    name = "logsnr"
+
+
+@dataclass(frozen=True)
+class Karras(Grid):
+    """rho_k = (rho_max^(1/r) + k/S (rho_min^(1/r) - rho_max^(1/r)))^r in rho = sigma/alpha (Karras et al. 2022)."""
+
+    rho: float = 7.0
+    name = "karras"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0 < float(self.rho) < 1e6:
+            raise ValueError(f"Karras: `rho` must be a number > 0 (7 is usual); got {self.rho!r}.")
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        return time_grid(sde, steps, "karras", eps=eps, rho=float(self.rho), set_alpha_to_one=set_alpha_to_one)
+
+    def config(self) -> dict:
+        return {"type": self.name, "rho": float(self.rho)}
+
+
+@dataclass(frozen=True)
+class DDPMSpacing(Grid):
+    """The DDPM timestep spacings of diffusers' DDIMScheduler: 'leading' (+ ``offset``), 'trailing', 'linspace'."""
+
+    spacing: str = "leading"
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.spacing not in DISCRETE_SPACINGS:
+            raise ValueError(f"Invalid spacing {self.spacing!r}. Must be one of {DISCRETE_SPACINGS}.")
+        if self.offset and self.spacing != "leading":
+            raise ValueError(f"`offset` (steps_offset) applies to the 'leading' spacing only; got {self.spacing!r}.")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.spacing
+
+    @property
+    def discrete(self) -> bool:
+        return True
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        return _discrete_grid(sde, N, steps, self.spacing, set_alpha_to_one, int(self.offset))
+
+    def config(self) -> dict:
+        return {"type": self.spacing, "offset": int(self.offset)}
+
+
+@dataclass(frozen=True)
+class Timesteps(Grid):
+    """Explicit decreasing integer DDPM timesteps (e.g. any diffusers scheduler's ``timesteps`` array), followed by
+    the final point abar = 1 (``set_alpha_to_one``) or timestep 0."""
+
+    timesteps: tuple[int, ...] = ()
+    name = "timesteps"
+
+    def __post_init__(self) -> None:
+        ts = tuple(int(t) for t in np.asarray(self.timesteps).reshape(-1).tolist())
+        if len(ts) < 1 or any(b >= a for a, b in zip(ts, ts[1:])) or min(ts) < 0:
+            raise ValueError(f"`timesteps` must be strictly decreasing integers >= 0; got {list(ts)[:8]}.")
+        object.__setattr__(self, "timesteps", ts)
+
+    @property
+    def discrete(self) -> bool:
+        return True
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        if max(self.timesteps) > N - 1:
+            raise ValueError(f"`timesteps` must lie in [0, N - 1] = [0, {N - 1}]; got max {max(self.timesteps)}.")
+        if not set_alpha_to_one and self.timesteps[-1] == 0:
+            raise ValueError("`timesteps` end at 0 and the final point is timestep 0: a zero-length last step.")
+        return _discrete_from(sde, N, torch.tensor(self.timesteps, dtype=torch.int64), set_alpha_to_one, "timesteps")
+
+    def config(self) -> dict:
+        return {"type": self.name, "timesteps": list(self.timesteps)}
+
+
+@dataclass(frozen=True)
+class Times(Grid):
+    """Explicit strictly decreasing times t_0 > ... > t_S in [0, T] (t = 0 means sigma = 0: the last step then
+    returns the denoised x0_hat). ``source`` records where they came from (e.g. a tuned-grid file)."""
+
+    times: tuple[float, ...] = ()
+    source: str | None = None
+    name = "times"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", tuple(float(v) for v in np.asarray(self.times, dtype=np.float64).ravel()))
+
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+        return _from_times(sde, check_times(sde, list(self.times)), "times")
+
+    def config(self) -> dict:
+        out: dict = {"type": self.name, "times": list(self.times)}
+        if self.source is not None:
+            out["source"] = self.source
+        return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torchdiffeq
@@ -20,9 +22,20 @@ from torchsde import BaseBrownian, BrownianInterval
 from ..parametrization import ScoreModel
 from ..processes import ProbabilityFlowODE, ReverseSDE
 from ..sde import SDE
+from .methods import Sampler
 from .noise import STREAM_SALT, NoiseSource
 
-__all__ = ["SDE_SOLVERS", "ODE_SOLVERS", "FIXED_ODE_SOLVERS", "solve_reverse_sde", "solve_pf_ode", "GridBrownian"]
+__all__ = [
+    "ODESolver",
+    "SDESolver",
+    "SDE_SOLVERS",
+    "ODE_SOLVERS",
+    "FIXED_ODE_SOLVERS",
+    "ADAPTIVE_ODE_SOLVERS",
+    "solve_reverse_sde",
+    "solve_pf_ode",
+    "GridBrownian",
+]
 
 ITO_SOLVERS: tuple[str, ...] = ("euler", "milstein", "srk")
 STRATONOVICH_SOLVERS: tuple[str, ...] = ("midpoint", "heun", "euler_heun", "reversible_heun", "log_ode")
@@ -37,9 +50,107 @@ FIXED_ODE_SOLVERS: tuple[str, ...] = (
     "implicit_adams",
     "fixed_adams",
 )
-ADAPTIVE_ODE_SOLVERS: tuple[str, ...] = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
+ADAPTIVE_ODE_SOLVERS: tuple[str, ...] = (
+    "dopri8",
+    "dopri5",
+    "bosh3",
+    "fehlberg2",
+    "adaptive_heun",
+    "scipy_solver",
+)
 ODE_SOLVERS: tuple[str, ...] = ADAPTIVE_ODE_SOLVERS + FIXED_ODE_SOLVERS
+# Adams methods in torchdiffeq use constant-step coefficients: on a non-uniform grid they lose their order (measured:
+# order 2 instead of 4 on the quadratic grid; explicit_adams, up to order 11 by default, diverges at 20 NFE).
+ADAMS_SOLVERS: tuple[str, ...] = ("explicit_adams", "implicit_adams", "fixed_adams")
+# Network evaluations per step of the fixed-step methods (Adams: one new evaluation per step after its start).
+ODE_EVALS_PER_STEP: dict[str, int] = {
+    "euler": 1,
+    "midpoint": 2,
+    "heun2": 2,
+    "heun3": 3,
+    "rk4": 4,
+    "explicit_adams": 1,
+    "implicit_adams": 1,
+    "fixed_adams": 1,
+}
 _LEVY = {"srk": "space-time", "log_ode": "foster"}
+
+
+def _tol(name: str, value: float | None, owner: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < 1):
+        raise ValueError(f"{owner}: `{name}` must be a number in (0, 1) (e.g. 1e-5); got {value!r}.")
+
+
+@dataclass(frozen=True)
+class ODESolver(Sampler):
+    """A torchdiffeq ``method`` on the probability-flow ODE: adaptive methods (``ADAPTIVE_ODE_SOLVERS``) with
+    ``rtol``/``atol`` (default 1e-5) between T and eps; fixed-step methods (``FIXED_ODE_SOLVERS``) on the time grid.
+    ``options`` go to torchdiffeq for adaptive methods (e.g. ``max_num_steps``); fixed-step methods take their steps
+    from the grid. The Adams methods assume equal steps and are refused on other grids than 'uniform'."""
+
+    method: str = "dopri5"
+    rtol: float | None = None
+    atol: float | None = None
+    options: dict | None = None
+    name: ClassVar[str] = "ode"
+
+    def __post_init__(self) -> None:
+        if self.method not in ODE_SOLVERS:
+            raise ValueError(f"Invalid torchdiffeq method {self.method!r} for ODESolver. Must be one of {ODE_SOLVERS}.")
+        _tol("rtol", self.rtol, "ODESolver")
+        _tol("atol", self.atol, "ODESolver")
+        if self.options is not None and not isinstance(self.options, dict):
+            raise TypeError(f"ODESolver: `options` must be a dict; got {type(self.options).__name__}.")
+        if not self.adaptive:
+            for name in ("rtol", "atol", "options"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"ODESolver: `{name}` does not apply to the fixed-step method {self.method!r}: its steps are "
+                        f"the grid's (set them with `steps` and `grid`); adaptive methods: {ADAPTIVE_ODE_SOLVERS}."
+                    )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in ADAPTIVE_ODE_SOLVERS
+
+    @property
+    def evals_per_step(self) -> int:
+        return ODE_EVALS_PER_STEP.get(self.method, 1)
+
+    def tolerances(self) -> tuple[float, float]:
+        return (self.rtol if self.rtol is not None else 1e-5, self.atol if self.atol is not None else 1e-5)
+
+
+@dataclass(frozen=True)
+class SDESolver(Sampler):
+    """A torchsde ``method`` on the reverse SDE in s = T - t: fixed dt = (T - eps) / steps with per-sample noise, or
+    ``adaptive`` with ``rtol``/``atol`` (default 1e-5)."""
+
+    method: str = "euler"
+    adaptive: bool = False
+    rtol: float | None = None
+    atol: float | None = None
+    name: ClassVar[str] = "sde"
+    deterministic: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.method not in SDE_SOLVERS:
+            raise ValueError(f"Invalid torchsde method {self.method!r} for SDESolver. Must be one of {SDE_SOLVERS}.")
+        if not isinstance(self.adaptive, bool):
+            raise TypeError(f"SDESolver: `adaptive` must be True or False; got {self.adaptive!r}.")
+        _tol("rtol", self.rtol, "SDESolver")
+        _tol("atol", self.atol, "SDESolver")
+        if not self.adaptive and (self.rtol is not None or self.atol is not None):
+            raise ValueError("SDESolver: `rtol`/`atol` apply with adaptive=True only (fixed steps: set `steps`).")
+
+    @property
+    def evals_per_step(self) -> int:
+        return 2 if self.method in ("srk", "heun", "midpoint", "log_ode") else 1
+
+    def tolerances(self) -> tuple[float, float]:
+        return (self.rtol if self.rtol is not None else 1e-5, self.atol if self.atol is not None else 1e-5)
 
 
 class GridBrownian(BaseBrownian):
