@@ -95,8 +95,13 @@ def test_sde_dpmsolver_matches_diffusers_with_the_same_noise(order, steps):
     theirs = _run_diffusers(scheduler, model.net, x_T, noise)
     # diffusers draws noise on every step, the last (to sigma = 0) included, where its coefficient is 0
     ours = sdeflow.sample(
-        model, sde, x_T, sampler=DPMSolverPPSDE(order, diffusers_3m=order == 3), grid=Timesteps(scheduler.timesteps.tolist()),
-        set_alpha_to_one=True, noise=noise[: steps - 1],
+        model,
+        sde,
+        x_T,
+        sampler=DPMSolverPPSDE(order, diffusers_3m=order == 3),
+        grid=Timesteps(scheduler.timesteps.tolist()),
+        set_alpha_to_one=True,
+        noise=noise[: steps - 1],
     )
     assert ours.noise_draws == steps - 1
     assert _rel(ours.samples, theirs) < 2e-5, _rel(ours.samples, theirs)
@@ -115,8 +120,9 @@ def test_ddim_matches_diffusers(spacing, eta, set_alpha_to_one):
         # these arrays end at timestep 0 and the final point is abar_0: a zero-length last step (diffusers spends an
         # evaluation on it; sdeflow refuses it with a clear error)
         with pytest.raises(ValueError, match="does not lower the noise"):
-            sdeflow.sample(model, sde, torch.zeros(2, 5), sampler=DDIM(eta), grid=spacing, steps=steps,
-                           set_alpha_to_one=False)
+            sdeflow.sample(
+                model, sde, torch.zeros(2, 5), sampler=DDIM(eta), grid=spacing, steps=steps, set_alpha_to_one=False
+            )
         return
     scheduler = diffusers.DDIMScheduler(timestep_spacing=spacing, set_alpha_to_one=set_alpha_to_one, clip_sample=False)
     scheduler.set_timesteps(steps)
@@ -128,7 +134,13 @@ def test_ddim_matches_diffusers(spacing, eta, set_alpha_to_one):
         out = model.net(x, torch.full((7,), int(t), dtype=torch.long))
         x = scheduler.step(out, t, x, eta=eta, variance_noise=noise[k] if eta > 0 else None).prev_sample
     ours = sdeflow.sample(
-        model, sde, x_T, sampler=DDIM(eta), grid=spacing, steps=steps, set_alpha_to_one=set_alpha_to_one,
+        model,
+        sde,
+        x_T,
+        sampler=DDIM(eta),
+        grid=spacing,
+        steps=steps,
+        set_alpha_to_one=set_alpha_to_one,
         noise=noise[: steps - (1 if set_alpha_to_one else 0)] if eta > 0 else None,
     )
     strided = spacing == "leading" or spacing == "trailing"

@@ -7,22 +7,20 @@ import pytest
 import torch
 
 import sdeflow
-
 from sdeflow import VESDE, VPSDE, GaussianMixture, ProbabilityFlowODE, SubVPSDE
 from sdeflow.sampling import (
     DDIM,
     DDPM,
-    DDPMSpacing,
     DEIS,
     IPNDM,
     PC,
+    DDPMSpacing,
     DPMSolverPP,
     DPMSolverPPSDE,
     Heun,
     Karras,
     ODESolver,
     SDESolver,
-    Timesteps,
     UniPC,
     make_sampler,
     sample,
@@ -34,6 +32,7 @@ from sdeflow.sampling.evaluate import CountingNet
 def counted(model):
     counter = CountingNet(model.net)
     return type(model)(counter, model.sde, model.prediction, model.time_label, model.t_min), counter
+
 
 SDE = VPSDE()
 EPS = 1e-3
@@ -104,7 +103,7 @@ def test_dpm_solver_pp_3m_order_and_the_diffusers_weight(oracle):
     assert abs(_fit(nfe, err) - 3.0) < 0.3, (nfe, err)
     nfe, err_d = _errors(oracle, DPMSolverPP(3, diffusers_3m=True), "logsnr", steps)
     assert abs(_fit(nfe, err_d) - 2.0) < 0.3, (nfe, err_d)
-    assert all(a < b for a, b in zip(err, err_d))
+    assert all(a < b for a, b in zip(err, err_d, strict=True))
 
 
 def test_nfe_is_counted_honestly(oracle):
@@ -135,7 +134,6 @@ def test_ddim_eta0_step_is_dpm_solver_1_step(oracle):
         eps_hat = m.eps(x, t)
         expected = sde.alpha(s) / sde.alpha(t) * x - sde.sigma(s) * torch.expm1(h) * eps_hat
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-
 
 
 def _dpmpp2m_transcribed(m, sde, x, ts, first_order_last):
@@ -170,6 +168,7 @@ def test_dpm_solver_pp_2m_is_the_formula(steps):
                 expected = _dpmpp2m_transcribed(m, sde, x, ts, lof and steps < 15)
                 assert r.nfe == steps
                 torch.testing.assert_close(r.samples, expected, rtol=1e-10, atol=1e-10)
+
 
 def _assert_reproduces_mixture(x, gm, sde, eps, seed):
     """Mean and covariance within 4.5 standard errors; the share of samples nearest each component and the mean

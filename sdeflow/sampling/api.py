@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -200,7 +199,8 @@ def sample(
             if smp.method in ("explicit_adams", "implicit_adams", "fixed_adams") and gobj.name != "uniform":
                 raise ValueError(
                     f"torchdiffeq's {smp.method!r} uses constant-step coefficients: on the non-uniform grid "
-                    f"{gobj.name!r} it loses its order (measured: 2 instead of 4). Use grid='uniform' or another method."
+                    f"{gobj.name!r} it loses its order (measured: 2 instead of 4). Use grid='uniform' or another "
+                    "method."
                 )
             tgrid = build_grid(model, sde, gobj, steps, eps=eps, set_alpha_to_one=False)
         max_draws = 0
@@ -270,10 +270,16 @@ def sample(
 
                 assert isinstance(smp, ODESolver) and tgrid is not None
                 rtol, atol = smp.tolerances()
-                x = solve_pf_ode(wrapped, sde, x, solver=smp.method, times=tgrid.t, rtol=rtol, atol=atol, options=smp.options)
+                x = solve_pf_ode(
+                    wrapped, sde, x, solver=smp.method, times=tgrid.t, rtol=rtol, atol=atol, options=smp.options
+                )
     status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
     fixed = plan is not None or (isinstance(smp, ODESolver) and not smp.adaptive)
-    n_steps = tgrid.steps if fixed and tgrid is not None else (steps if isinstance(smp, SDESolver) and not smp.adaptive else 0)
+    n_steps = (
+        tgrid.steps
+        if fixed and tgrid is not None
+        else (steps if isinstance(smp, SDESolver) and not smp.adaptive else 0)
+    )
     return SampleResult(
         samples=x,
         nfe=counter.calls,
@@ -321,7 +327,9 @@ def _check_noise(
     if noise is None or callable(noise) and not isinstance(noise, Tensor):
         return noise
     if not isinstance(noise, Tensor):
-        raise TypeError(f"`noise` must be a torch.Tensor [K, B, *sample_shape] or a callable; got {type(noise).__name__}.")
+        raise TypeError(
+            f"`noise` must be a torch.Tensor [K, B, *sample_shape] or a callable; got {type(noise).__name__}."
+        )
     if draws == 0:
         raise ValueError("`noise` was given but this sampler draws no noise (deterministic); leave it out.")
     want = (draws, *shape)

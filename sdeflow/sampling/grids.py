@@ -296,7 +296,7 @@ class Timesteps(Grid):
 
     def __post_init__(self) -> None:
         ts = tuple(int(t) for t in np.asarray(self.timesteps).reshape(-1).tolist())
-        if len(ts) < 1 or any(b >= a for a, b in zip(ts, ts[1:])) or min(ts) < 0:
+        if len(ts) < 1 or any(b >= a for a, b in zip(ts, ts[1:], strict=False)) or min(ts) < 0:
             raise ValueError(f"`timesteps` must be strictly decreasing integers >= 0; got {list(ts)[:8]}.")
         object.__setattr__(self, "timesteps", ts)
 

@@ -5,7 +5,7 @@ Notation at grid point k: alpha_k, sigma_k, lambda_k = log(alpha_k / sigma_k) an
 t = point k + 1; h = lambda_t - lambda_s0. D (data prediction x0_hat) and eps are the converted network outputs.
 The forward transition of a step is x_t | x_s ~ N(a x_s, b^2 I) with a = alpha_t / alpha_s and
 b^2 = sigma_t^2 - a^2 sigma_s^2, which makes DDPM, DDIM and PC valid for VP, sub-VP and VE alike.
-Formulas: docs/math.md, "Samplers". Every sampler works on every SDE, grid and network prediction, since the
+Formulas: docs/math.md section 8. Every sampler works on every SDE, grid and network prediction, since the
 grid supplies (alpha, sigma) and ``output_conversion`` the conversion.
 """
 
@@ -20,7 +20,7 @@ import torch
 
 from ..sde import SDE
 from .grids import GridPoint, TimeGrid
-from .plan import Evaluation, Lin, Plan, PlanBuilder
+from .plan import Lin, Plan, PlanBuilder
 
 __all__ = [
     "Sampler",
@@ -172,7 +172,8 @@ class DPMSolverPP(GridSampler):
                   D2 = (D1_0 - D1_1)/(r0 + r1)
     D1 estimates h D'(lambda) and D2 estimates h^2 D''/2 (not h^2 D''), so the Taylor term of D'' carries the factor
     2 written above. diffusers, k-diffusion and the DPM-Solver reference code weigh D2 by half that
-    (``diffusers_3m=True`` reproduces them): a second-order method (fitted order 2.04 against 3.06 here, docs/math.md).
+    (``diffusers_3m=True`` reproduces them): a second-order method (fitted order 2.04 against 3.06; docs/math.md
+    section 8).
     Warm-up and final orders: ``_final_order``. diffusers: DPMSolverMultistepScheduler (algorithm_type
     'dpmsolver++', solver_order 2/3); k-diffusion: sample_dpmpp_2m (order 2)."""
 
@@ -267,19 +268,15 @@ class DPMSolverPPSDE(GridSampler):
                     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
                     d2 = (d1_0 - d1_1) / (r0 + r1)
                     w2 = (one_m - 2 * h) / (2 * h) ** 2 - 0.5 if self.diffusers_3m else 1 - 1 / h + one_m / (2 * h * h)
-                    x = (
-                        x
-                        + (dst.alpha * (one_m / (-2 * h) + 1)) * d1
-                        + (dst.alpha * w2) * d2
-                    )
+                    x = x + (dst.alpha * (one_m / (-2 * h) + 1)) * d1 + (dst.alpha * w2) * d2
             b.update(x, dst.sigma * math.sqrt(one_m))
             del ds[3:]
 
 
 def _unipc_coefficients(rks: list[float], h: float, variant: str) -> tuple[float, float, np.ndarray]:
     """UniPC's (h phi_1(h), B(h), b) for data prediction, hh = -h: h phi_1 = e^{hh} - 1, B(h) = hh ('bh1') or
-    e^{hh} - 1 ('bh2'), and b_i = (i - 1)! g_i / B(h) for i = 1..p with g_1 = h phi_1 / hh - 1 and
-    g_{i+1} = g_i / hh - 1 / (i + 1)!, i.e. g_i = i! phi_{i+1}(hh) written recursively (Zhao et al. 2023, eq. 12)."""
+    e^{hh} - 1 ('bh2'), and b_i = i! g_i / B(h) for i = 1..p with g_1 = h phi_1 / hh - 1 and
+    g_{i+1} = g_i / hh - 1 / (i + 1)! (docs/math.md section 8, UniPC; Zhao et al. 2023)."""
     hh = -h
     h_phi_1 = math.expm1(hh)
     b_h = hh if variant == "bh1" else math.expm1(hh)
@@ -372,7 +369,7 @@ class IPNDM(GridSampler):
         x~_{k+1} = x~_k + (rho_{k+1} - rho_k) d*,  d* = eps_k (order 1), (3 eps_k - eps_{k-1})/2 (2),
         (23 eps_k - 16 eps_{k-1} + 5 eps_{k-2})/12 (3), (55 eps_k - 59 eps_{k-1} + 37 eps_{k-2} - 9 eps_{k-3})/24 (4)
     with order min(p, k + 1) at step k. The weights assume equal steps in rho; on the usual non-uniform grids the
-    formal order drops (docs/math.md, "iPNDM"). diffusers and k-diffusion have no equivalent of this form."""
+    formal order drops (docs/math.md section 8). diffusers and k-diffusion have no equivalent of this form."""
 
     order: int = 4
     name: ClassVar[str] = "ipndm"
@@ -393,11 +390,11 @@ class IPNDM(GridSampler):
             eps.insert(0, b.evaluate(b.x, k).eps)
             w = self.WEIGHTS[min(self.order, k + 1) - 1]
             d = Lin()
-            for wj, ej in zip(w, eps):
+            for wj, ej in zip(w, eps[: len(w)], strict=True):
                 d = d + wj * ej
             rho_s, rho_t = src.sigma / src.alpha, dst.sigma / dst.alpha
             b.update(dst.alpha * (b.x / src.alpha + (rho_t - rho_s) * d))
-            del eps[3:]
+            del eps[self.order - 1 :]
 
 
 def _deis_weights(log_nodes: list[float], rho_s: float, rho_t: float) -> list[float]:
@@ -455,10 +452,10 @@ class DEIS(GridSampler):
             nodes = [math.log(b.point(k - j).sigma / b.point(k - j).alpha) for j in range(p)]
             c = _deis_weights(nodes, src.sigma / src.alpha, dst.sigma / dst.alpha)
             x = b.x / src.alpha
-            for cj, ej in zip(c, eps):
+            for cj, ej in zip(c, eps[: len(c)], strict=True):
                 x = x + cj * ej
             b.update(dst.alpha * x)
-            del eps[3:]
+            del eps[self.order - 1 :]
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ def make_sampler(spec: Sampler | str, **options: Any) -> Sampler:
         raise TypeError(f"`sampler` must be a sampler object or a name from {tuple(SAMPLERS)}; got {spec!r}.")
     name, _, method = spec.partition(":")
     if name not in SAMPLERS:
-        raise ValueError(f"Invalid sampler {spec!r}. Must be one of {tuple(SAMPLERS)} (or 'ode:<method>', 'sde:<method>').")
+        raise ValueError(
+            f"Invalid sampler {spec!r}. Must be one of {tuple(SAMPLERS)} (or 'ode:<method>', 'sde:<method>')."
+        )
     cls = SAMPLERS[name]
     if method:
         if cls not in (ODESolver, SDESolver):
@@ -62,9 +64,7 @@ def make_sampler(spec: Sampler | str, **options: Any) -> Sampler:
     allowed = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     for key in options:
         if key not in allowed:
-            raise ValueError(
-                f"Option {key!r} does not apply to sampler {name!r}; its options are {allowed or 'none'}."
-            )
+            raise ValueError(f"Option {key!r} does not apply to sampler {name!r}; its options are {allowed or 'none'}.")
     return cls(**{k: _plain(v) for k, v in options.items()})
 
 
@@ -75,7 +75,9 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def make_grid(spec: Grid | str | torch.Tensor | list | tuple | np.ndarray | None, sampler: Sampler, discrete: bool) -> Grid:
+def make_grid(
+    spec: Grid | str | torch.Tensor | list | tuple | np.ndarray | None, sampler: Sampler, discrete: bool
+) -> Grid:
     """A grid object from a name, explicit times (a decreasing tensor/list) or an object. None gives the default:
     'leading' for networks on the DDPM timesteps (``discrete``, as diffusers), else the sampler's default grid."""
     if isinstance(spec, Grid):
@@ -86,7 +88,9 @@ def make_grid(spec: Grid | str | torch.Tensor | list | tuple | np.ndarray | None
         return GRIDS[DEFAULT_GRIDS.get(sampler.name, "uniform")]()
     if isinstance(spec, str):
         if spec not in GRIDS:
-            raise ValueError(f"Invalid grid {spec!r}. Must be one of {tuple(GRIDS)}, a Grid object or a tensor of times.")
+            raise ValueError(
+                f"Invalid grid {spec!r}. Must be one of {tuple(GRIDS)}, a Grid object or a tensor of times."
+            )
         return GRIDS[spec]()
     if isinstance(spec, (torch.Tensor, list, tuple, np.ndarray)):
         return Times(tuple(np.asarray(torch.as_tensor(spec, dtype=torch.float64)).tolist()))

@@ -30,7 +30,7 @@ from .grids import GridPoint, TimeGrid
 
 __all__ = ["Lin", "Eval", "Update", "Langevin", "Plan", "PlanBuilder", "Evaluation", "run_plan", "StepInfo"]
 
-Key = Union[str, tuple[str, int]]
+Key = Union[str, tuple[str, int]]  # noqa: UP007 - a runtime alias (Python 3.10 has no `type` statement)
 Terms = tuple[tuple[Key, float], ...]
 STATE: Key = "x"
 
@@ -105,7 +105,7 @@ class Langevin:
     step: int | None
 
 
-Op = Union[Eval, Update, Langevin]
+Op = Union[Eval, Update, Langevin]  # noqa: UP007
 
 
 @dataclass(frozen=True)
