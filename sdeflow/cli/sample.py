@@ -1,5 +1,8 @@
 """``sdeflow sample``: draw samples from a checkpoint (or from the Gaussian-mixture oracle) with any sampler.
 
+Under ``torchrun --nproc_per_node N -m sdeflow sample ...`` the chunks of ``--batch-size`` samples are dealt to the
+processes and gathered on rank 0; sample i uses seed + i, so the file equals a single process's.
+
 sdeflow sample --checkpoint runs/digits --method dpmsolver++ --steps 20 --n 64 --seed 0 --out samples.npy
 sdeflow sample --oracle-dim 2 --method ddpm --steps 1000 --n 2000 --out gmm.npy
 """
@@ -21,8 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-seed", type=int, default=0, help="seed of the random mixture")
     p.add_argument("--steps", type=int, default=50)
     add_sampler_arguments(p)
-    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=16, help="number of samples (--n for short)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per chunk (default min(n, 1024)); under torchrun chunks are dealt to the processes",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.npy", help="output .npy (model space); metadata in <out>.json")
     p.add_argument("--no-progress", action="store_true")
@@ -34,15 +43,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import VPSDE, GaussianMixture
+    from .. import distributed as D
     from .._utils import atomic_write
-    from ..sampling import sample
+    from ..sampling import sample_many
 
     sampler, grid = sampler_from_args(args)
     if args.checkpoint is not None:
-        try:
-            from ..checkpoint import load
-        except ImportError as err:  # pragma: no cover - the module ships with sdeflow
-            raise ValueError("--checkpoint needs sdeflow.checkpoint, which this installation lacks.") from err
+        from ..checkpoint import load
+
         ckpt = load(args.checkpoint, map_location=args.device)
         model, sde, shape = ckpt.score_model, ckpt.sde, ckpt.sample_shape
         source = {"checkpoint": str(args.checkpoint), "data": ckpt.data_info}
@@ -53,52 +61,64 @@ def run(args: argparse.Namespace) -> int:
         )
         model, shape = gm.score_model(sde), (args.oracle_dim,)
         source = {"oracle": {"dim": args.oracle_dim, "components": args.oracle_components, "seed": args.oracle_seed}}
-    bars: list = []
+    import time
 
-    def progress(info) -> None:
-        if not bars:
-            from tqdm import tqdm
+    t0 = time.perf_counter()
+    ctx = D.init_from_env(args.device)
+    try:
+        bars: list = []
 
-            bars.append(
-                tqdm(desc=f"sampling ({sampler.name})", unit="step", total=info.total if info.total > 0 else None)
-            )
-        bars[0].update(1)
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                from tqdm import tqdm
 
-    result = sample(
-        model,
-        sde,
-        shape=(args.n, *shape),
-        sampler=sampler,
-        steps=args.steps,
-        grid=grid,
-        eps=args.eps,
-        set_alpha_to_one=args.set_alpha_to_one,
-        seed=args.seed,
-        device=args.device,
-        callback=None if args.no_progress else progress,
-    )
-    for bar in bars:
-        bar.close()
+                bars.append(
+                    tqdm(desc=f"sampling ({sampler.name}, rank 0 of {ctx.world_size})", unit="chunk", total=total)
+                )
+            bars[0].update(1)
+
+        samples, summary = sample_many(
+            model,
+            sde,
+            args.n,
+            shape,
+            batch_size=args.batch_size or min(args.n, 1024),
+            seed=args.seed,
+            ctx=ctx,
+            on_chunk=None if args.no_progress or not ctx.is_main else progress,
+            sampler=sampler,
+            steps=args.steps,
+            grid=grid,
+            eps=args.eps,
+            set_alpha_to_one=args.set_alpha_to_one,
+            device=ctx.device,
+        )
+        for bar in bars:
+            bar.close()
+    finally:
+        D.shutdown()
+    if not ctx.is_main:
+        return 0
+    assert samples is not None
     out = Path(args.out)
-    atomic_write(out, lambda tmp: _save_npy(tmp, result.samples.cpu().numpy()))
+    atomic_write(out, lambda tmp: _save_npy(tmp, samples.numpy()))
     meta = {
-        "sampler": result.method,
-        "options": result.sampler.options(),
-        "steps": result.steps,
-        "nfe": result.nfe,
-        "status": result.status,
-        "wall_time_s": round(result.wall_time, 3),
+        "sampler": sampler.name,
+        "options": sampler.options(),
+        "steps": args.steps,
+        "grid": None if grid is None else (grid if isinstance(grid, str) else grid.config()),
         "seed": args.seed,
-        "n": args.n,
         "sample_shape": list(shape),
+        **summary,
+        "wall_time_s": round(time.perf_counter() - t0, 3),
         **source,
     }
     atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     print(
-        f"{args.n} samples -> {out}  (sampler {result.method}, "
-        f"{result.steps} steps, NFE {result.nfe}, {result.wall_time:.2f} s, status {result.status})"
+        f"{args.n} samples -> {out}  (sampler {sampler.name}, {args.steps} steps, NFE {summary['nfe']} in all, "
+        f"{ctx.world_size} process(es), status {summary['status']})"
     )
-    return 0 if result.status == "success" else 1
+    return 0 if summary["status"] == "success" else 1
 
 
 def _save_npy(path, array) -> None:

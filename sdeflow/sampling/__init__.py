@@ -21,6 +21,7 @@ from .grids import (
     ddpm_timesteps,
     time_grid,
 )
+from .many import sample_many
 from .methods import DDIM, DDPM, DEIS, IPNDM, PC, DPMSolverPP, DPMSolverPPSDE, GridSampler, Heun, Sampler, UniPC
 from .names import DEFAULT_GRIDS, GRIDS, SAMPLERS, make_grid, make_sampler
 from .plan import Plan, StepInfo, run_plan
@@ -29,6 +30,7 @@ from .tuning import load_grid, save_grid
 
 __all__ = [
     "sample",
+    "sample_many",
     "SampleResult",
     "compile_plan",
     "network_labels",
