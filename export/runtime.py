@@ -18,8 +18,11 @@ Every DDIM step k is x <- A_k x + B_k net(x, label_k) + sig_k z_k with (A_k, B_k
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["OnnxSampler", "GraphInfo", "DDIMPlan", "ddim_plan", "time_grid", "ddim_coefficients", "main"]
+__all__ = [
+    "OnnxSampler", "GraphInfo", "DDIMPlan", "ddim_plan", "time_grid", "ddim_coefficients", "main",
+    "image_grid", "points_raster", "encode_png", "encode_arrays", "samples_png",
+]
 
 FORMAT = "sdeflow-ddim/1"  # value of the metadata key "sdeflow.format"
 CONTINUOUS_GRIDS = ("uniform", "quadratic", "logsnr", "karras")
@@ -434,6 +440,170 @@ class OnnxSampler:
         return x_T, noise
 
 
+# --- pictures of samples with numpy + zlib only: image grids, a 2-D point raster, PNG files ------------------------
+# sdeflow.images builds on these (one grid layout for every command); matplotlib is never needed here.
+ARRAY_FORMATS = (".npy", ".npz")
+GRID_MIN_SIZE = 512  # default: the smallest integer upscaling that makes the grid's long side at least this many px
+
+
+def is_image_shape(sample_shape: tuple[int, ...]) -> bool:
+    """Whether samples of this shape are images [C, H, W] with C = 1 (grey) or 3 (RGB)."""
+    return len(sample_shape) == 3 and sample_shape[0] in (1, 3)
+
+
+def grid_layout(n: int, columns: int | None = None) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``n`` cells: columns = ceil(sqrt(n)) unless given, rows = ceil(n / columns)."""
+    cols = int(columns) if columns is not None else max(1, int(np.ceil(np.sqrt(n))))
+    if cols < 1:
+        raise ValueError(f"`columns` must be an integer >= 1; got {columns!r}.")
+    return max(1, -(-n // cols)), cols
+
+
+def grid_scale(rows: int, cols: int, height: int, width: int, border: int, min_size: int = GRID_MIN_SIZE) -> int:
+    """The smallest integer s >= 1 with max(rows h s + (rows + 1) b, cols w s + (cols + 1) b) >= ``min_size``."""
+    need_h = -(-(min_size - (rows + 1) * border) // (rows * height))
+    need_w = -(-(min_size - (cols + 1) * border) // (cols * width))
+    return max(1, min(need_h, need_w))
+
+
+def to_pixels(x: np.ndarray, data_scale: float = 2.0, data_offset: float = -1.0) -> np.ndarray:
+    """Model-space values x = data_scale * y + data_offset back to 8-bit pixels round(255 clip(y, 0, 1))."""
+    if not np.isfinite(data_scale) or data_scale <= 0 or not np.isfinite(data_offset):
+        raise ValueError(
+            f"The data scaling must be finite with scale > 0 (x = scale * y + offset); got scale={data_scale}, "
+            f"offset={data_offset}."
+        )
+    y = (np.asarray(x, dtype=np.float64) - data_offset) / data_scale
+    return np.round(255 * np.clip(y, 0.0, 1.0)).astype(np.uint8)
+
+
+def image_grid(
+    images: np.ndarray,
+    *,
+    data_scale: float = 2.0,
+    data_offset: float = -1.0,
+    scale: int | None = None,
+    columns: int | None = None,
+    border: int = 2,
+    border_value: int = 128,
+    min_size: int = GRID_MIN_SIZE,
+) -> np.ndarray:
+    """A legible grid of images [B, C, H, W] (C = 1 or 3, model space) as uint8 pixels [H_g, W_g] or [H_g, W_g, 3].
+
+    Pixel values come back through the data's own scaling: y = (x - data_offset) / data_scale, pixel =
+    round(255 clip(y, 0, 1)) (the defaults undo [-1, 1]). Each image is upscaled by nearest neighbour by the
+    integer ``scale`` (default: the smallest s >= 1 giving a long side >= ``min_size`` px, ``grid_scale``). Image i
+    sits in row i // cols, column i % cols (``grid_layout``); cells are separated and framed by ``border`` px of
+    grey ``border_value``, so
+        H_g = rows H s + (rows + 1) border,   W_g = cols W s + (cols + 1) border,
+    and the cell of image i starts at (border + r (H s + border), border + c (W s + border)).
+    """
+    x = np.asarray(images)
+    if x.ndim != 4 or not is_image_shape(x.shape[1:]) or x.shape[0] < 1:
+        raise ValueError(
+            f"`images` must have shape [B, C, H, W] with B >= 1 and C = 1 or 3; got {list(x.shape)}. "
+            "Save other samples as .npy or .npz."
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(
+            f"`images` holds {int((~np.isfinite(x)).sum())} NaN or infinite values (a diverged sampler?); "
+            "save them as .npy to inspect."
+        )
+    for name, value, low in (("border", border, 0), ("border_value", border_value, 0), ("min_size", min_size, 1)):
+        if isinstance(value, bool) or int(value) != value or value < low or (name == "border_value" and value > 255):
+            raise ValueError(f"`{name}` must be an integer >= {low}{' and <= 255' if name == 'border_value' else ''}; "
+                             f"got {value!r}.")
+    b, c, h, w = x.shape
+    rows, cols = grid_layout(b, columns)
+    if scale is None:
+        scale = grid_scale(rows, cols, h, w, border, min_size)
+    if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+        raise ValueError(f"`scale` must be an integer >= 1 (the upscaling factor of each image); got {scale!r}.")
+    s, bd = int(scale), int(border)
+    cells = to_pixels(x, data_scale, data_offset).transpose(0, 2, 3, 1)  # [B, H, W, C]
+    cells = cells.repeat(s, axis=1).repeat(s, axis=2)  # nearest-neighbour upscaling
+    grid = np.full((rows * h * s + (rows + 1) * bd, cols * w * s + (cols + 1) * bd, c), border_value, np.uint8)
+    for i in range(b):
+        r, q = divmod(i, cols)
+        top, left = bd + r * (h * s + bd), bd + q * (w * s + bd)
+        grid[top : top + h * s, left : left + w * s] = cells[i]
+    return grid[..., 0] if c == 1 else grid
+
+
+def points_raster(points: np.ndarray, size: int = GRID_MIN_SIZE, dot: int = 3) -> np.ndarray:
+    """2-D points [N, 2] drawn as dark ``dot`` x ``dot`` squares on a white ``size`` x ``size`` uint8 image, equal
+    axes (one scale for x and y, 5% margin), y upwards, framed by a 1-px grey border: the matplotlib-free picture
+    of 2-D samples."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] < 1 or not np.isfinite(p).all():
+        raise ValueError(f"`points` must be finite with shape [N, 2], N >= 1; got {list(p.shape)}.")
+    lo, hi = p.min(0), p.max(0)
+    centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-12) * 1.05
+    inner = size - 2 - dot
+    col = np.round((p[:, 0] - centre[0] + half) / (2 * half) * inner).astype(np.int64) + 1
+    row = np.round((centre[1] + half - p[:, 1]) / (2 * half) * inner).astype(np.int64) + 1
+    img = np.full((size, size), 255, np.uint8)
+    for dr in range(dot):
+        for dc in range(dot):
+            img[row + dr, col + dc] = 40
+    img[[0, -1], :], img[:, [0, -1]] = 128, 128
+    return img
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG file bytes of uint8 pixels [H, W] (grey) or [H, W, 3] (RGB): 8-bit, no filtering, zlib-compressed."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)) or 0 in img.shape:
+        raise ValueError(f"`image` must be uint8 [H, W] or [H, W, 3]; got {img.dtype} {list(img.shape)}.")
+    h, w = img.shape[:2]
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, -1)], axis=1)  # filter type 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 0 if img.ndim == 2 else 2, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+            + chunk(b"IEND", b""))
+
+
+def encode_arrays(samples: np.ndarray, suffix: str) -> bytes:
+    """The bytes of an .npy file (the array) or an .npz file (one array named 'samples')."""
+    buf = io.BytesIO()
+    if suffix == ".npy":
+        np.save(buf, samples)
+    elif suffix == ".npz":
+        np.savez(buf, samples=samples)
+    else:
+        raise ValueError(f"Array files end in {' or '.join(ARRAY_FORMATS)}; got {suffix!r}.")
+    return buf.getvalue()
+
+
+def samples_png(samples: np.ndarray, data: dict | None = None, scale: int | None = None) -> bytes:
+    """A PNG of samples: an ``image_grid`` for images (``data``: the data set's 'scale' and 'offset', default
+    [-1, 1]) or a ``points_raster`` for 2-D points."""
+    x = np.asarray(samples)
+    if x.ndim == 4 and is_image_shape(x.shape[1:]):
+        data = data or {}
+        return encode_png(image_grid(x, data_scale=float(data.get("scale", 2.0)),
+                                     data_offset=float(data.get("offset", -1.0)), scale=scale))
+    if x.ndim == 2 and x.shape[1] == 2:
+        return encode_png(points_raster(x))
+    raise ValueError(
+        f"No picture for samples of shape {list(x.shape[1:])} (pictures show images [C, H, W] with C = 1 or 3 and "
+        f"2-D points); write {' or '.join(ARRAY_FORMATS)} instead."
+    )
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a failure leaves any old file intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # --- script entry: python runtime.py model.onnx --batch 16 --seed 0 --out samples.npy ---------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Sample from an sdeflow DDIM ONNX graph (numpy + onnxruntime only).")
@@ -442,11 +612,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="dynamic-steps graphs only")
     p.add_argument("--providers", default="auto")
-    p.add_argument("--out", default="samples.npy")
+    p.add_argument("--out", default="samples.npy", help="samples.npy / .npz (arrays) or samples.png (a picture)")
+    p.add_argument("--scale", type=int, default=None, help="upscaling of image grids (default: long side >= 512 px)")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.suffix.lower() not in (*ARRAY_FORMATS, ".png"):
+        p.error(f"--out must end in .npy, .npz or .png; got {out.name!r}.")
     sampler = OnnxSampler(args.model, providers=args.providers)
+    shape = sampler.info.sample_shape
+    if out.suffix.lower() == ".png" and not (is_image_shape(shape) or shape == (2,)):
+        p.error(f"no picture for samples of shape {list(shape)}; use --out samples.npy.")
     x0 = sampler.sample(args.batch, seed=args.seed, steps=args.steps)
-    np.save(args.out, x0)
+    if out.suffix.lower() == ".png":
+        _write_file(out, samples_png(x0, json.loads(sampler.info.properties.get("sdeflow.data", "{}")), args.scale))
+    else:
+        _write_file(out, encode_arrays(x0, out.suffix.lower()))
     print(f"{args.batch} samples of shape {list(sampler.info.sample_shape)} on {sampler.device} -> {args.out}")
     return 0
 
