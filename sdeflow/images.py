@@ -43,9 +43,14 @@ __all__ = [
     "SCATTER_LIMIT",
     "output_format",
     "has_picture",
+    "is_image_shape",
     "image_grid",
     "save_samples",
     "scatter_figure",
+    "new_figure",
+    "save_figure",
+    "picture_extras",
+    "training_points",
     "likelihood_figure",
     "save_likelihood_plots",
     "save_trajectory",
@@ -100,7 +105,8 @@ def _data_scaling(data: Any) -> dict:
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches at 120 dpi with its own Agg canvas (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -109,8 +115,13 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save_figure(fig: Figure, path: Path, suffix: str) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=_DPI))
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` atomically in the picture format its extension names (.png, .pdf or .svg)."""
+    path = Path(path)
+    suffix = output_format(path, name="path")
+    if suffix not in PICTURE_FORMATS:
+        raise ValueError(f"A figure is a picture: `path` must end in {', '.join(PICTURE_FORMATS)}; got {path.name!r}.")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix[1:], dpi=_DPI))
 
 
 def _save_pixels(pixels: np.ndarray, path: Path, suffix: str) -> None:
@@ -120,9 +131,9 @@ def _save_pixels(pixels: np.ndarray, path: Path, suffix: str) -> None:
         atomic_write(path, lambda tmp: tmp.write_bytes(payload))
         return
     h, w = pixels.shape[:2]
-    fig = _new_figure(w / _DPI, h / _DPI)
+    fig = new_figure(w / _DPI, h / _DPI)
     fig.figimage(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255, resize=False)
-    _save_figure(fig, path, suffix)
+    save_figure(fig, path)
 
 
 def save_samples(
@@ -164,8 +175,41 @@ def save_samples(
             payload = samples_png(x)
             atomic_write(path, lambda tmp: tmp.write_bytes(payload))
             return path
-        _save_figure(fig, path, suffix)
+        save_figure(fig, path)
     return path
+
+
+def training_points(data_info: Mapping | None, limit: int = 20_000) -> np.ndarray | None:
+    """The first ``limit`` training points of the data set a checkpoint's ``data_info`` names (a built-in name, or a
+    .npy/.npz file loaded with its recorded levels, scale and offset); None when it names none or the file is gone."""
+    from .data import DATASETS, load_dataset
+
+    name = (data_info or {}).get("name")
+    if not name:
+        return None
+    if name in DATASETS:
+        data = load_dataset(name)
+    elif Path(name).is_file():
+        data = load_dataset(name, levels=data_info.get("levels"), scale=data_info.get("scale"),
+                            offset=data_info.get("offset"))
+    else:
+        return None
+    return data.x[:limit].numpy()
+
+
+def picture_extras(
+    path: str | Path, sample_shape: Sequence[int], *, data_info: Mapping | None = None, oracle: Any = None
+) -> dict:
+    """The keyword arguments of ``save_samples`` for a picture of samples from a model: the data scaling
+    (``data_info``, a checkpoint's or an ONNX graph's record of its data set) and, for 2-D points, what to draw
+    beside them: the exact density of ``oracle`` (a ``GaussianMixture``) or else the training data it names."""
+    if Path(path).suffix.lower() in ARRAY_FORMATS or tuple(sample_shape) != (2,):
+        return {"data": data_info}
+    if oracle is not None:
+        import torch
+
+        return {"log_density": lambda pts: oracle.log_prob(torch.from_numpy(pts)).numpy()}
+    return {"reference": training_points(data_info)}
 
 
 # --- 2-D scatter -------------------------------------------------------------------------------------------------
@@ -203,7 +247,7 @@ def scatter_figure(
         raise ValueError(f"`reference` must be 2-D points [N, 2]; got shape {list(ref.shape)}.")
     lims = _limits([x] if ref is None else [x, ref])
     panels = 1 + (ref is not None) + (log_density is not None)
-    fig = _new_figure(4.2 * panels, 4.4)
+    fig = new_figure(4.2 * panels, 4.4)
     axes = fig.subplots(1, panels, sharex=True, sharey=True, squeeze=False)[0]
     _draw_points(axes[0], x, lims, "C0")
     axes[0].set_title(title or f"samples ({len(x)})", fontsize=9)
@@ -235,7 +279,7 @@ def likelihood_figure(values: Any, unit: str = "bits/dim") -> Figure:
         raise ValueError(f"`values` must be finite, at least one; got {len(v)} values.")
     mean = float(v.mean())
     se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    fig = _new_figure(6.0, 3.6)
+    fig = new_figure(6.0, 3.6)
     ax = fig.subplots()
     ax.hist(v, bins=int(np.clip(len(v) // 4, 5, 60)), color="0.7", edgecolor="0.4", linewidth=0.5)
     ax.axvline(mean, color="C3", lw=1.5, label=f"mean {mean:.4f} +- {se:.4f} (standard error, n = {len(v)})")
@@ -276,20 +320,20 @@ def save_likelihood_plots(
     out = Path(out_dir)
     v = _numpy(values, "values").astype(np.float64).ravel()
     written = [out / "likelihood.png"]
-    _save_figure(likelihood_figure(v, unit), written[0], ".png")
+    save_figure(likelihood_figure(v, unit), written[0])
     if images is not None:
         x = _numpy(images, "images")
         if len(x) != len(v) or x.ndim != 4:
             raise ValueError(f"`images` must be [N, C, H, W] with N = {len(v)} (one per value); got {list(x.shape)}.")
         k = max(1, min(int(count), len(v) // 2))
         order = np.argsort(v, kind="stable")
-        fig = _new_figure(8.4, 4.6)
+        fig = new_figure(8.4, 4.6)
         for ax, idx, name in zip(fig.subplots(1, 2), (order[:k], order[::-1][:k]), ("best", "worst"), strict=True):
             _annotated_grid(ax, x[idx], [f"{v[i]:.2f}" for i in idx], data,
                             f"{name} modelled: {unit} {v[idx].min():.2f} .. {v[idx].max():.2f}")
         fig.tight_layout()
         written.append(out / "best_worst.png")
-        _save_figure(fig, written[1], ".png")
+        save_figure(fig, written[1])
     return written
 
 
@@ -329,7 +373,7 @@ def save_trajectory(
         _save_pixels(grid, path, suffix)
         return path
     lims = _limits([stack.reshape(-1, 2)])
-    fig = _new_figure(4.8, 4.8)
+    fig = new_figure(4.8, 4.8)
     ax = fig.subplots()
     for b in range(stack.shape[1]):
         ax.plot(stack[:, b, 0], stack[:, b, 1], color="0.6", lw=0.6)
@@ -340,5 +384,5 @@ def save_trajectory(
     ax.set_title(f"x0_hat over {len(frames)} steps ({len(keep)} shown)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path, suffix)
+    save_figure(fig, path)
     return path

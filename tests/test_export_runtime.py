@@ -170,7 +170,7 @@ def test_cli_run_onnx_npy_png_and_errors(mlp_onnx, tmp_path, capsys):
     assert cli_main(["run-onnx", str(mlp_onnx.path), "--batch", "6", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli_main(["run-onnx", str(mlp_onnx.path), "--out", str(tmp_path / "a.txt")]) == 2
-    assert "must end in .png or .npy" in capsys.readouterr().err
+    assert "`--out` must end in one of .npy, .npz, .png, .pdf, .svg" in capsys.readouterr().err
 
 
 def test_cli_export_from_checkpoint(tmp_path, capsys):

@@ -4,7 +4,8 @@ Single process:   sdeflow likelihood --checkpoint runs/quickstart/model --data d
 Many processes:   torchrun --nproc_per_node=N -m sdeflow likelihood ...   (gloo on CPU, NCCL on GPU)
 The data set is cut into fixed batches in index order, dealt round-robin to the ranks and gathered on rank 0, so the
 per-example results equal those of a single-process run with the same --batch-size. Probes and dequantisation noise
-are seeded per example (seed, index). Rank 0 writes OUT/likelihood.csv and OUT/summary.json atomically.
+are seeded per example (seed, index). Rank 0 writes OUT/likelihood.csv, OUT/summary.json, OUT/likelihood.png (the
+per-example histogram with the mean and its standard error) and, for images, OUT/best_worst.png, atomically.
 
 CSV columns: index, bpd and bpd_std_err (discrete data; the mean over --draws and its standard error) or
 log_p_std_err (continuous data), log_p (nats, mean over draws), nats_per_dim, prior_logp and delta_logp (first
@@ -250,7 +251,11 @@ def run(args: argparse.Namespace) -> int:
     }
     atomic_write(out / "likelihood.csv", write_csv)
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    from ..images import is_image_shape, save_likelihood_plots
+
+    images = data.x[[r["index"] for r in rows]] if is_image_shape(tuple(data.sample_shape)) else None
+    plots = save_likelihood_plots(out, vals, unit="bits/dim" if discrete else "nats/dim", images=images, data=data)
     print(f"{key}: {summary[f'mean_{key}']:.4f} +- {summary[f'{key}_std_err']:.4f} over {n} examples, "
           f"NFE mean {summary['nfe_mean']:.0f} max {summary['nfe_max']:.0f}")
-    print(f"wrote {out / 'likelihood.csv'} and {out / 'summary.json'}")
+    print(f"wrote {', '.join(str(p) for p in [out / 'likelihood.csv', out / 'summary.json', *plots])}")
     return 0

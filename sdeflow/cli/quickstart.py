@@ -183,52 +183,31 @@ def _sample_stats(x, test_set) -> dict:  # noqa: ANN001
     }
 
 
-def _grid(x, nrow: int):  # noqa: ANN001, ANN202
-    import torch
-
-    imgs = x[:, 0].clamp(-1, 1).add(1).div(2)  # [N, H, W] in [0, 1]
-    n, h, w = imgs.shape
-    ncol = math.ceil(n / nrow)
-    canvas = torch.zeros(nrow * (h + 1) + 1, ncol * (w + 1) + 1)  # white separators (gray_r: 0 is white)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = imgs[i]
-    return canvas.numpy()
-
-
 def _plot_samples(path: Path, samples: dict, test_set, n: int) -> None:  # noqa: ANN001
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .._utils import atomic_write
+    """One panel per sampler and one of test digits, each an ``image_grid`` of its first ``n`` images."""
+    from ..images import image_grid, new_figure, save_figure
 
     panels = {**samples, "test data (reference)": test_set.x[:n]}
-    nrow = max(1, int(math.sqrt(n)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 4.4))
-    for ax, (label, x) in zip(axes, panels.items(), strict=True):
-        ax.imshow(_grid(x, nrow), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    fig = new_figure(4.0 * len(panels), 4.4)
+    for ax, (label, x) in zip(fig.subplots(1, len(panels)), panels.items(), strict=True):
+        pixels = image_grid(x.cpu().numpy(), data_scale=test_set.scale, data_offset=test_set.offset, scale=1, border=1)
+        ax.imshow(pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_loss(path: Path, result) -> None:  # noqa: ANN001
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from .._utils import atomic_write
+    from ..images import new_figure, save_figure
 
     loss = np.asarray(result.loss)
     k = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = new_figure(6, 3.6)
+    ax = fig.subplots()
     ax.plot(np.arange(1, len(loss) + 1), loss, color="0.8", lw=0.6, label="training loss (per step)")
     ax.plot(np.arange(k, len(loss) + 1), smooth, color="C0", label=f"training loss ({k}-step mean)")
     if result.test_loss:
@@ -239,8 +218,7 @@ def _plot_loss(path: Path, result) -> None:  # noqa: ANN001
     ax.set_ylabel("DSM loss ||eps_hat - eps||^2 per image")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _print_table(report: dict) -> None:

@@ -4,7 +4,8 @@ Under ``torchrun --nproc_per_node N -m sdeflow sample ...`` the chunks of ``--ba
 processes and gathered on rank 0; sample i uses seed + i, so the file equals a single process's.
 
 sdeflow sample --checkpoint runs/digits --method dpmsolver++ --steps 20 --n 64 --seed 0 --out samples.npy
-sdeflow sample --oracle-dim 2 --method ddpm --steps 1000 --n 2000 --out gmm.npy
+sdeflow sample --oracle-dim 2 --method ddpm --steps 1000 --n 2000 --out gmm.png
+--out writes what its extension says (sdeflow.images.save_samples): .npy / .npz arrays, .png / .pdf / .svg pictures.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="samples per chunk (default min(n, 1024)); under torchrun chunks are dealt to the processes",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="samples.npy", help="output .npy (model space); metadata in <out>.json")
+    p.add_argument(
+        "--out", default="samples.npy",
+        help="samples.npy / .npz (arrays, model space) or .png / .pdf / .svg (an image grid, or 2-D points beside "
+        "the training data or the oracle density); metadata in <out>.json",
+    )
+    p.add_argument("--scale", type=int, default=None, help="upscaling of image grids (default: long side >= 512 px)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -45,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import VPSDE, GaussianMixture
     from .. import distributed as D
     from .._utils import atomic_write
+    from ..images import output_format, picture_extras, save_samples
     from ..sampling import sample_many
 
+    output_format(args.out, name="--out")
     sampler, grid = sampler_from_args(args)
     if args.checkpoint is not None:
         from ..checkpoint import load
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         )
         model, shape = gm.score_model(sde), (args.oracle_dim,)
         source = {"oracle": {"dim": args.oracle_dim, "components": args.oracle_components, "seed": args.oracle_seed}}
+    output_format(args.out, shape, name="--out")
     import time
 
     t0 = time.perf_counter()
@@ -101,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     assert samples is not None
     out = Path(args.out)
-    atomic_write(out, lambda tmp: _save_npy(tmp, samples.numpy()))
+    beside = picture_extras(out, shape, data_info=source.get("data"), oracle=gm if args.checkpoint is None else None)
+    save_samples(out, samples, scale=args.scale, **beside)
     meta = {
         "sampler": sampler.name,
         "options": sampler.options(),
@@ -120,9 +130,3 @@ def run(args: argparse.Namespace) -> int:
     )
     return 0 if summary["status"] == "success" else 1
 
-
-def _save_npy(path, array) -> None:
-    import numpy as np
-
-    with open(path, "wb") as f:
-        np.save(f, array)
