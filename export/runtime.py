@@ -467,14 +467,17 @@ def grid_scale(rows: int, cols: int, height: int, width: int, border: int, min_s
 
 
 def to_pixels(x: np.ndarray, data_scale: float = 2.0, data_offset: float = -1.0) -> np.ndarray:
-    """Model-space values x = data_scale * y + data_offset back to 8-bit pixels round(255 clip(y, 0, 1))."""
+    """Model-space values x = data_scale * y + data_offset back to 8-bit pixels min(floor(256 clip(y, 0, 1)), 255).
+
+    This is the inverse of 8-bit dequantisation: the bin centres y = (k + 1/2) / 256 of pixel values k come back
+    as k exactly (and data with K levels is spread evenly over 0..255)."""
     if not np.isfinite(data_scale) or data_scale <= 0 or not np.isfinite(data_offset):
         raise ValueError(
             f"The data scaling must be finite with scale > 0 (x = scale * y + offset); got scale={data_scale}, "
             f"offset={data_offset}."
         )
     y = (np.asarray(x, dtype=np.float64) - data_offset) / data_scale
-    return np.round(255 * np.clip(y, 0.0, 1.0)).astype(np.uint8)
+    return np.minimum(np.floor(256 * np.clip(y, 0.0, 1.0)), 255).astype(np.uint8)
 
 
 def image_grid(
@@ -491,7 +494,7 @@ def image_grid(
     """A legible grid of images [B, C, H, W] (C = 1 or 3, model space) as uint8 pixels [H_g, W_g] or [H_g, W_g, 3].
 
     Pixel values come back through the data's own scaling: y = (x - data_offset) / data_scale, pixel =
-    round(255 clip(y, 0, 1)) (the defaults undo [-1, 1]). Each image is upscaled by nearest neighbour by the
+    min(floor(256 clip(y, 0, 1)), 255) (``to_pixels``; the defaults undo [-1, 1]). Each image is upscaled by nearest neighbour by the
     integer ``scale`` (default: the smallest s >= 1 giving a long side >= ``min_size`` px, ``grid_scale``). Image i
     sits in row i // cols, column i % cols (``grid_layout``); cells are separated and framed by ``border`` px of
     grey ``border_value``, so

@@ -151,7 +151,7 @@ def save_samples(
 
     Args:
         data: the data set's scaling (a ``Dataset``, its ``info`` dict or a checkpoint's ``data_info``): image
-            pixels are round(255 clip((x - offset) / scale, 0, 1)); default [-1, 1].
+            pixels are min(floor(256 clip((x - offset) / scale, 0, 1)), 255); default [-1, 1].
         reference: 2-D only: training points [N, 2] drawn beside the samples on the same axes.
         log_density: 2-D only: a function [M, 2] -> [M] (e.g. an oracle's exact log p_0) drawn beside the samples.
         scale: integer upscaling of image grids (default: the long side reaches 512 px, ``image_grid``).
