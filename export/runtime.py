@@ -494,10 +494,10 @@ def image_grid(
     """A legible grid of images [B, C, H, W] (C = 1 or 3, model space) as uint8 pixels [H_g, W_g] or [H_g, W_g, 3].
 
     Pixel values come back through the data's own scaling: y = (x - data_offset) / data_scale, pixel =
-    min(floor(256 clip(y, 0, 1)), 255) (``to_pixels``; the defaults undo [-1, 1]). Each image is upscaled by nearest neighbour by the
-    integer ``scale`` (default: the smallest s >= 1 giving a long side >= ``min_size`` px, ``grid_scale``). Image i
-    sits in row i // cols, column i % cols (``grid_layout``); cells are separated and framed by ``border`` px of
-    grey ``border_value``, so
+    min(floor(256 clip(y, 0, 1)), 255) (``to_pixels``; the defaults undo [-1, 1]). Each image is upscaled by
+    nearest neighbour by the integer ``scale`` (default: the smallest s >= 1 giving a long side >= ``min_size`` px,
+    ``grid_scale``). Image i sits in row i // cols, column i % cols (``grid_layout``); cells are separated and
+    framed by ``border`` px of grey ``border_value``, so
         H_g = rows H s + (rows + 1) border,   W_g = cols W s + (cols + 1) border,
     and the cell of image i starts at (border + r (H s + border), border + c (W s + border)).
     """
