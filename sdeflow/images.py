@@ -99,9 +99,9 @@ def _data_scaling(data: Any) -> dict:
     """{'scale', 'offset'} of model x = scale * y + offset from a Dataset, its ``info`` dict, or None ([-1, 1])."""
     if data is None:
         return {"scale": 2.0, "offset": -1.0}
-    if isinstance(data, Mapping):
-        return {"scale": float(data.get("scale", 2.0)), "offset": float(data.get("offset", -1.0))}
-    return {"scale": float(data.scale), "offset": float(data.offset)}
+    get = data.get if isinstance(data, Mapping) else lambda key: getattr(data, key, None)
+    scale, offset = get("scale"), get("offset")
+    return {"scale": 2.0 if scale is None else float(scale), "offset": -1.0 if offset is None else float(offset)}
 
 
 # --- writing -----------------------------------------------------------------------------------------------------
@@ -377,12 +377,11 @@ def save_trajectory(
     ax = fig.subplots()
     for b in range(stack.shape[1]):
         ax.plot(stack[:, b, 0], stack[:, b, 1], color="0.6", lw=0.6)
-    ax.scatter(stack[-1, :, 0], stack[-1, :, 1], s=6, color="C3", zorder=3, label="last step")
+    ax.scatter(stack[-1, :, 0], stack[-1, :, 1], s=6, color="C3", zorder=3)
     ax.set_xlim(*lims[:2])
     ax.set_ylim(*lims[2:])
     ax.set_aspect("equal")
-    ax.set_title(f"x0_hat over {len(frames)} steps ({len(keep)} shown)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"x0_hat, {len(frames)} frames ({len(keep)} shown), dots: the last", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     return path

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ("likelihood_eval.py", []),
         ("deploy_onnx.py", ["--steps", "5", "--batch", "4"]),
+        ("denoising_trajectory.py", ["--frames", "4"]),
     ],
 )
 def test_example_runs(script, args, tmp_path):
