@@ -16,6 +16,7 @@ import torch
 from sdeflow.export import export_ddim
 from sdeflow.export import runtime as rt
 
+import sdeflow.images
 from sdeflow import VPSDE, ContinuousTime, save
 from sdeflow.cli import main
 from sdeflow.data import load_dataset
@@ -56,6 +57,19 @@ def test_sample_oracle_scatter_and_arrays(tmp_path):
         np.testing.assert_array_equal(f["samples"], np.load(tmp_path / "s.npy"))
     assert main(["sample", *FAST, "--n", "6", "--out", str(tmp_path / "s.pdf")]) == 0
     assert (tmp_path / "s.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_sample_checkpoint_2d_beside_its_training_data(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    cfg = {"type": "mlp", "dim": 2, "width": 16, "depth": 1}
+    info = {"name": "moons", "levels": None, "scale": 1.0, "offset": 0.0, "sample_shape": [2]}
+    ckpt = save(tmp_path / "ckpt", build_model(cfg), VPSDE(), "eps", ContinuousTime(), cfg, info)
+    drawn = {}
+    real = sdeflow.images.scatter_figure
+    monkeypatch.setattr(sdeflow.images, "scatter_figure", lambda x, **kw: drawn.update(kw) or real(x, **kw))
+    assert main(["sample", "--checkpoint", str(ckpt), *FAST, "--n", "40", "--out", str(tmp_path / "m.svg")]) == 0
+    np.testing.assert_array_equal(drawn["reference"], load_dataset("moons").x.numpy())
+    assert drawn["log_density"] is None and b"<svg" in (tmp_path / "m.svg").read_bytes()[:2000]
 
 
 @pytest.mark.parametrize(
