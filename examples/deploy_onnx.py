@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,9 @@ def deploy_step(onnx_path: Path, runtime_py: Path, out: Path, batch: int, seed: 
     x_T, noise = sampler.draw(batch, seed, info.steps)  # or pass your own x_T (and noise when eta > 0)
     assert np.array_equal(sampler.run(x_T, noise), x0)
     np.save(out / "samples.npy", x0)
-    print(f"wrote {out / 'samples.npy'}")
+    data = json.loads(info.properties.get("sdeflow.data", "{}"))  # the data's scale and offset, for the pixels
+    (out / "samples.png").write_bytes(runtime.samples_png(x0, data))  # an image grid or 2-D points, numpy only
+    print(f"wrote {out / 'samples.npy'} and {out / 'samples.png'}")
 
 
 def main() -> int:
