@@ -84,7 +84,7 @@ def test_sample_bad_extension_is_one_line_before_computing(tmp_path, capsys, mon
     import sdeflow.sampling
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sdeflow.sampling, "sample", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    monkeypatch.setattr(sdeflow.sampling, "sample_many", lambda *a, **k: pytest.fail("sampled before checking --out"))
     assert main(["sample", *FAST, *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sdeflow sample: error: ") and message in err
