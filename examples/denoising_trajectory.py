@@ -3,9 +3,9 @@
     python examples/denoising_trajectory.py --checkpoint runs/quickstart/model --out docs/trajectory.png
     python examples/denoising_trajectory.py            # checkpoint-free: the 2-D Gaussian-mixture oracle
 
-The PF-ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) is integrated from x_T ~ p_T down to t = eps with torchdiffeq
-(dopri5), saving x_t at ``--frames`` times evenly spaced in log-SNR; at each the model's denoised estimate
-x0_hat = E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t) (Tweedie) is one frame, and
+The PF-ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (docs/math.md section 2) is integrated from x_T ~ p_T down to
+t = eps with torchdiffeq (dopri5), saving x_t at ``--frames`` times evenly spaced in log-SNR; at each the model's
+denoised estimate x0_hat = E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / alpha(t) (Tweedie) is one frame, and
 ``sdeflow.images.save_trajectory`` draws them: images as one row per sample, 2-D points as paths in the plane.
 """
 

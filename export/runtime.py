@@ -469,8 +469,8 @@ def grid_scale(rows: int, cols: int, height: int, width: int, border: int, min_s
 def to_pixels(x: np.ndarray, data_scale: float = 2.0, data_offset: float = -1.0) -> np.ndarray:
     """Model-space values x = data_scale * y + data_offset back to 8-bit pixels min(floor(256 clip(y, 0, 1)), 255).
 
-    This is the inverse of 8-bit dequantisation: the bin centres y = (k + 1/2) / 256 of pixel values k come back
-    as k exactly (and data with K levels is spread evenly over 0..255)."""
+    This is the inverse of 8-bit dequantisation (docs/math.md section 5): the bin centres y = (k + 1/2) / 256 of
+    pixel values k come back as k exactly (and data with K levels is spread evenly over 0..255)."""
     if not np.isfinite(data_scale) or data_scale <= 0 or not np.isfinite(data_offset):
         raise ValueError(
             f"The data scaling must be finite with scale > 0 (x = scale * y + offset); got scale={data_scale}, "
