@@ -41,3 +41,20 @@ def test_torchrun_two_processes_write_the_single_process_file(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "one.npy").read_bytes() == (tmp_path / "two.npy").read_bytes()
     assert np.load(tmp_path / "two.npy").shape == (10, 2)
+
+
+def test_denoised_trajectory_ends_at_the_sample_and_cli_writes_it(tmp_path: Path) -> None:
+    from sdeflow.sampling import DDIM, denoised_trajectory
+
+    sde = VPSDE()
+    model = GaussianMixture.random(2, 3, generator=torch.Generator().manual_seed(0)).score_model(sde)
+    res, frames = denoised_trajectory(model, sde, shape=(5, 2), seed=0, sampler=DDIM(), steps=6, set_alpha_to_one=True)
+    assert len(frames) == 6 and frames[0].shape == (5, 2)
+    torch.testing.assert_close(frames[-1], res.samples)  # the last step to sigma = 0 returns x0_hat itself
+    with pytest.raises(ValueError, match="reports no denoised estimate"):
+        denoised_trajectory(model, sde, shape=(2, 2), sampler="ode:rk4", steps=2)
+    out = tmp_path / "traj.npy"
+    args = ["sample", "--oracle-dim", "2", "--steps", "6", "--n", "3", "--no-progress"]
+    args += ["--out", str(tmp_path / "s.npy")]
+    assert main([*args, "--trajectory", str(out)]) == 0
+    assert np.load(out).shape == (6, 3, 2)

@@ -35,11 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--out", default="samples.npy",
+        "--out",
+        default="samples.npy",
         help="samples.npy / .npz (arrays, model space) or .png / .pdf / .svg (an image grid, or 2-D points beside "
         "the training data or the oracle density); metadata in <out>.json",
     )
     p.add_argument("--scale", type=int, default=None, help="upscaling of image grids (default: long side >= 512 px)")
+    p.add_argument(
+        "--trajectory",
+        default=None,
+        metavar="FILE",
+        help="also write the denoised estimate x0_hat after each step of the first 8 samples (.png strips, .npy ...)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -52,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed as D
     from .._utils import atomic_write
     from ..images import output_format, picture_extras, save_samples
-    from ..sampling import sample_many
+    from ..sampling import denoised_trajectory, sample_many
 
     output_format(args.out, name="--out")
+    if args.trajectory is not None:
+        output_format(args.trajectory, name="--trajectory")
     sampler, grid = sampler_from_args(args)
     if args.checkpoint is not None:
         from ..checkpoint import load
@@ -70,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         model, shape = gm.score_model(sde), (args.oracle_dim,)
         source = {"oracle": {"dim": args.oracle_dim, "components": args.oracle_components, "seed": args.oracle_seed}}
     output_format(args.out, shape, name="--out")
+    if args.trajectory is not None:
+        output_format(args.trajectory, shape, name="--trajectory")
     import time
 
     t0 = time.perf_counter()
@@ -124,9 +135,26 @@ def run(args: argparse.Namespace) -> int:
         **source,
     }
     atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    if args.trajectory is not None:
+        from ..images import save_trajectory
+
+        # the first samples again (same seeds, so the same samples), collecting x0_hat after every step
+        _, frames = denoised_trajectory(
+            model,
+            sde,
+            shape=(min(args.n, 8), *shape),
+            seed=args.seed,
+            sampler=sampler,
+            steps=args.steps,
+            grid=grid,
+            eps=args.eps,
+            set_alpha_to_one=args.set_alpha_to_one,
+            device=ctx.device,
+        )
+        save_trajectory(args.trajectory, frames, data=source.get("data"))
+        print(f"trajectory of {min(args.n, 8)} samples ({len(frames)} steps) -> {args.trajectory}")
     print(
         f"{args.n} samples -> {out}  (sampler {sampler.name}, {args.steps} steps, NFE {summary['nfe']} in all, "
         f"{ctx.world_size} process(es), status {summary['status']})"
     )
     return 0 if summary["status"] == "success" else 1
-

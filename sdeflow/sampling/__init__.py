@@ -4,7 +4,7 @@ table shared by the CLI, ``compare`` and the exporter."""
 
 from __future__ import annotations
 
-from .api import SampleResult, compile_plan, network_labels, sample
+from .api import SampleResult, compile_plan, denoised_trajectory, network_labels, sample
 from .grids import (
     CONTINUOUS_GRIDS,
     DISCRETE_SPACINGS,
@@ -31,6 +31,7 @@ from .tuning import load_grid, save_grid
 __all__ = [
     "sample",
     "sample_many",
+    "denoised_trajectory",
     "SampleResult",
     "compile_plan",
     "network_labels",

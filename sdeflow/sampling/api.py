@@ -21,7 +21,7 @@ from .noise import NoiseSource, per_sample_seeds
 from .plan import Plan, StepInfo, run_plan
 from .solvers import ODESolver, SDESolver
 
-__all__ = ["sample", "SampleResult", "compile_plan", "network_labels"]
+__all__ = ["sample", "SampleResult", "compile_plan", "network_labels", "denoised_trajectory"]
 
 
 @dataclass(frozen=True)
@@ -342,3 +342,22 @@ def _check_noise(
     if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
         raise ValueError("`noise` must be a finite floating-point tensor (standard normal draws).")
     return noise
+
+
+def denoised_trajectory(
+    model: ScoreModel | Callable[[Tensor, Tensor], Tensor], sde: SDE, **sample_kwargs: Any
+) -> tuple[SampleResult, list[Tensor]]:
+    """Sample as ``sample(model, sde, **sample_kwargs)`` and collect the denoised estimate x0_hat after every grid
+    step (``StepInfo.denoised``): a picture of how a sampler converges (``sdeflow.images.save_trajectory``). Fixed-grid
+    samplers only (ODE/SDE solvers report no denoised estimate)."""
+    if "callback" in sample_kwargs:
+        raise ValueError("denoised_trajectory uses the progress callback itself; do not pass `callback`.")
+    frames: list[Tensor] = []
+
+    def collect(info: StepInfo) -> None:
+        if info.denoised is None:
+            raise ValueError("this sampler reports no denoised estimate (torchsde/torchdiffeq solvers own the steps).")
+        frames.append(info.denoised.detach().cpu())
+
+    result = sample(model, sde, callback=collect, **sample_kwargs)
+    return result, frames
