@@ -28,7 +28,7 @@ def _saved(tmp_path, config=UNET, sde=None, prediction="eps", label=None):
 
 def test_round_trip_is_exact(tmp_path):
     net, path = _saved(tmp_path)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [".lock", "config.json", "model.safetensors"]
     ck = sdeflow.load(path)
     assert not ck.net.training
     assert ck.sample_shape == (1, 8, 8)

@@ -151,9 +151,9 @@ def test_ddpm_loss_user_arrays_and_config_errors(tmp_path):
                       steps=3, batch_size=8, warmup=1, eval_every=3, checkpoint_every=3), tmp_path / "user")
     info = sdeflow.load(tmp_path / "user").data_info
     assert (info["levels"], info["scale"], info["offset"], info["sample_shape"]) == (4, 1.0, 0.0, [3])
-    with pytest.raises(ValueError, match=r"Invalid sde 'vpsde'. Must be one of \('vp', 'subvp', 've'\)"):
+    with pytest.raises(ValueError, match=r"`sde` must be one of \('vp', 'subvp', 've'\); got 'vpsde'"):
         TrainConfig(sde="vpsde")
     with pytest.raises(ValueError, match="loss='ddpm' needs sde='vp' and prediction='eps'"):
         TrainConfig(loss="ddpm", sde="ve")
-    with pytest.raises(ValueError, match="`steps` must be a positive integer; got 0"):
+    with pytest.raises(ValueError, match=r"`steps` must be an integer >= 1; got 0"):
         TrainConfig(steps=0)
