@@ -16,6 +16,8 @@ truncated to an integer (``5.0`` is refused where an integer is expected).
     check_float(value, name, *, min=None, max=None, min_open=False, max_open=False, finite=True) -> float
     check_choice(value, name, choices)                            -> the value
     check_tensor(x, name, *, shape=None, ndim=None, floating=True, device=None, finite=True) -> Tensor
+    check_batch(x, name, *, sample_shape=None, device=None)       -> Tensor [B, *sample_shape], float32/64, finite
+    model_signature(model)                                        -> (sample_shape or None, device or None)
     check_device(device, name="device")                           -> torch.device (refuses CUDA on a CPU build)
     check_json(value, name)                                       -> the value (JSON-serialisable, finite numbers)
     json_safe(value)                                              -> a copy with NaN/inf floats as None (reports)
@@ -47,6 +49,8 @@ __all__ = [
     "check_float",
     "check_choice",
     "check_tensor",
+    "check_batch",
+    "model_signature",
     "check_device",
     "check_json",
     "json_safe",
@@ -169,6 +173,42 @@ def check_tensor(
         raise ValueError(f"`{name}` must be finite; got {bad} NaN or infinite value(s) in {describe(x)}. "
                          "Remove or replace them before the call.")
     return x
+
+
+def model_signature(model: Any) -> tuple[tuple[int, ...] | None, torch.device | None]:
+    """The sample shape a score model's network declares (``net.sample_shape``, as sdeflow's MLP and UNet do) and
+    the device of its parameters; None for what a plain callable does not declare."""
+    net = getattr(model, "net", model)
+    shape = getattr(net, "sample_shape", None)
+    device = None
+    if isinstance(net, torch.nn.Module):
+        first = next(iter(net.parameters()), None)
+        device = first.device if first is not None else None
+    return (tuple(int(s) for s in shape) if shape is not None else None), device
+
+
+def check_batch(
+    x: Any,
+    name: str,
+    *,
+    sample_shape: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+    finite: bool = True,
+) -> Tensor:
+    """A batch of samples: a float32/float64 tensor [B, *sample_shape] with B >= 1, on ``device``, finite.
+    Pass ``model_signature(model)`` to check a batch against the model it is fed to."""
+    x = check_tensor(x, name, floating=False, finite=False)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise bad_value(name, "a tensor of shape [B, *sample_shape] with B >= 1", x,
+                        "Add a batch dimension with x[None].")
+    if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        want = "[B, " + ", ".join(str(s) for s in sample_shape) + "]"
+        raise bad_value(name, f"a tensor of shape {want} to match the model", x,
+                        "Pass data of the shape the model was trained on.")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise bad_value(name, "a float32 or float64 tensor", x, "Convert it with .float() or .double().",
+                        error=TypeError)
+    return check_tensor(x, name, device=device, finite=finite)
 
 
 def check_device(device: Any, name: str = "device") -> torch.device:

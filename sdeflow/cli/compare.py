@@ -37,10 +37,9 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
+    from .._validate import check_output_dir
     from ..compare import compare
     from ..oracle import GaussianMixture
 
@@ -48,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
         budgets = [int(b) for b in _split(args.nfe)]
     except ValueError as err:
         raise ValueError(f"--nfe must be a comma list of integers like 10,20,40; got {args.nfe!r}.") from err
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"--nfe must be a comma list of positive integers like 10,20,40; got {args.nfe!r}.")
+    if not _split(args.solvers):
+        raise ValueError(f"--solvers must name at least one solver, e.g. ddim,heun; got {args.solvers!r}.")
+    for name in ("n", "n_distribution", "dim", "components"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
+    out = check_output_dir(args.out)
     grids = None
     if args.grids:
         pairs = [p.split("=", 1) for p in _split(args.grids)]
@@ -74,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
         callback=lambda row: print(f"  {row.solver:<14} NFE {row.nfe:>5}  error {row.error:.3e}", flush=True),
         **kwargs,
     )
-    out = Path(args.out)
     result.to_csv(out / "compare.csv")
     result.to_json(out / "compare.json")
     result.plot(out / "compare.png")

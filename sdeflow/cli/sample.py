@@ -38,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import VPSDE, GaussianMixture
     from .._utils import atomic_write
+    from .._validate import check_device, check_output_file, json_safe
     from ..sampling import sample
+
+    for name in ("n", "steps", "oracle_dim", "oracle_components"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
+    check_device(args.device, "--device")
+    check_output_file(args.out, suffixes=(".npy",))
 
     if args.checkpoint is not None:
         try:
@@ -98,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "sample_shape": list(shape),
         **source,
     }
-    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(json_safe(meta), indent=2, allow_nan=False)))
     print(
         f"{args.n} samples -> {out}  (method {result.method}{':' + result.solver if result.solver else ''}, "
         f"{result.steps} steps, NFE {result.nfe}, {result.wall_time:.2f} s, status {result.status})"
