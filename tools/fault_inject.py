@@ -1,7 +1,7 @@
 """Fault injection for run folders: kill ``sdeflow train`` and ``sdeflow train --resume`` at random instants and check
 that every folder left behind loads, is consistent, and resumes to exactly the uninterrupted result.
 
-    python tools/fault_inject.py --trials 100 --seed 0          # about 5-8 minutes on one CPU thread
+    python tools/fault_inject.py --trials 100 --seed 0          # about 10-20 minutes on a busy 2-core machine
 
 Each trial starts ``sdeflow train`` on a tiny config (moons, a 16-wide MLP, a checkpoint after every step) in a real
 subprocess and kills it after a random delay with SIGKILL or SIGINT (Ctrl-C); in half of the trials it then starts
@@ -117,7 +117,7 @@ def main_cli() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="training steps of the tiny run (default 300)")
+    p.add_argument("--steps", type=int, default=150, help="training steps of the tiny run (default 150)")
     p.add_argument("--workdir", default=None, help="where the run folders go (default: a temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(1)
