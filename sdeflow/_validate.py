@@ -29,7 +29,6 @@ truncated to an integer (``5.0`` is refused where an integer is expected).
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os

@@ -68,14 +68,6 @@ class Checkpoint:
     path: Path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _state_tensors(net: nn.Module) -> dict[str, Tensor]:
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}

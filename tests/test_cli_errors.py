@@ -201,3 +201,10 @@ def test_json_outputs_are_valid_json_with_null_for_undefined_values(tmp_path, ca
     summary = json.loads(text, parse_constant=no_constants)
     assert summary["nats_per_dim_std_err"] is None  # one example: no standard error
     assert np.isfinite(summary["mean_nats_per_dim"])
+
+
+def test_likelihood_in_float64_casts_the_network(files, tmp_path):
+    out = tmp_path / "lik64"
+    assert main(["likelihood", "--checkpoint", files["ck"], "--dtype", "float64", "--limit", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["settings"]["dtype"] == "float64"

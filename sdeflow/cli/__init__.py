@@ -3,7 +3,8 @@
 
 Errors: every error ends as ONE line on stderr, ``sdeflow COMMAND: error: MESSAGE``, with exit status 2 for user
 errors (bad arguments, files, data or settings; a diverged training run; a folder locked by another process), 1 for
-a computation that failed on valid input (a likelihood solve that did not converge) and for anything unexpected
+a computation that failed on valid input (a likelihood solve that did not converge, an ONNX export that failed its
+parity check) and for anything unexpected
 (then the line names the exception type). Ctrl-C prints ``sdeflow COMMAND: interrupted``
 and exits with 130; outputs are written atomically, so nothing half-written is left. Set ``SDEFLOW_TRACEBACK=1`` to
 get the full Python traceback instead of the one line.
@@ -55,8 +56,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _failures() -> tuple[type[BaseException], ...]:
     """Computations that failed on valid input (exit status 1, one line, no traceback)."""
-    lik = sys.modules.get("sdeflow.likelihood")
-    return (lik.LikelihoodError,) if lik is not None else ()
+    found = []
+    for module, name in (("sdeflow.likelihood", "LikelihoodError"), ("sdeflow.export.onnx_export", "OnnxExportError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def build_parser() -> argparse.ArgumentParser:

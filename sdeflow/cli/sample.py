@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         "sample_shape": list(shape),
         **source,
     }
-    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(json_safe(meta), indent=2, allow_nan=False)))
+    text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
+    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(text))
     print(
         f"{args.n} samples -> {out}  (method {result.method}{':' + result.solver if result.solver else ''}, "
         f"{result.steps} steps, NFE {result.nfe}, {result.wall_time:.2f} s, status {result.status})"

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         prediction=args.prediction, loss=args.loss,
         weighting=args.weighting, importance_sampling=args.importance_sampling, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
-        ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     rank0 = int(os.environ.get("RANK", "0")) == 0
     bar = None
