@@ -38,15 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import VPSDE, GaussianMixture
     from .._utils import atomic_write
-    from .._validate import check_device, check_output_file, json_safe
     from ..sampling import sample
 
-    for name in ("n", "steps", "oracle_dim", "oracle_components"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
-    check_device(args.device, "--device")
-    check_output_file(args.out, suffixes=(".npy",))
-
+    _check_args(args)  # before anything is loaded or computed
     if args.checkpoint is not None:
         try:
             from ..checkpoint import load
@@ -105,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         "sample_shape": list(shape),
         **source,
     }
+    from .._validate import json_safe
+
     text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
     atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(text))
     print(
@@ -112,6 +108,16 @@ def run(args: argparse.Namespace) -> int:
         f"{result.steps} steps, NFE {result.nfe}, {result.wall_time:.2f} s, status {result.status})"
     )
     return 0 if result.status == "success" else 1
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from .._validate import check_device, check_output_file
+
+    for name in ("n", "steps", "oracle_dim", "oracle_components"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
+    check_device(args.device, "--device")
+    check_output_file(args.out, suffixes=(".npy",))
 
 
 def _save_npy(path, array) -> None:
