@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from .._utils import atomic_write
     from ..sampling import sample
 
-    _check_args(args)  # before anything is loaded or computed
     if args.checkpoint is not None:
         try:
             from ..checkpoint import load
@@ -56,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         )
         model, shape = gm.score_model(sde), (args.oracle_dim,)
         source = {"oracle": {"dim": args.oracle_dim, "components": args.oracle_components, "seed": args.oracle_seed}}
+    _check_args(args)  # before anything is computed
     bars: list = []
 
     def progress(info) -> None:
