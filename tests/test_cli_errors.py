@@ -110,6 +110,7 @@ CASES = [
     # argument parsing
     (["sample", "--n", "many"], r"argument --n: invalid int value"),
     (["likelihood", "--divergence", "hutch"], r"argument --divergence: invalid choice"),
+    (["train", "--out", "{new}", "--colour", "red"], r"^sdeflow train: error: unrecognized arguments: --colour red"),
 ]
 if NO_CUDA:
     CASES += [
