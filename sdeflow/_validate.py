@@ -70,11 +70,20 @@ def describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def bad_value(name: str, expected: str, got: Any, fix: str = "", *, error: type[Exception] = ValueError) -> Exception:
+def bad_value(
+    name: str,
+    expected: str,
+    got: Any,
+    fix: str = "",
+    *,
+    error: type[Exception] = ValueError,
+    expected_text: str | None = None,
+) -> Exception:
     """The exception ``error("`name` must be EXPECTED; got GOT. FIX")``. ``got`` is the offending value, rendered by
-    ``describe``; a ``Path`` is shown as the path itself."""
+    ``describe``; a ``Path`` is shown as the path itself. ``expected_text`` replaces "be EXPECTED" where a verb reads
+    better ("`--out` must end in .npy")."""
     text = str(got) if isinstance(got, Path) else describe(got)
-    message = f"`{name}` must be {expected}; got {text}."
+    message = f"`{name}` must {expected_text or 'be ' + expected}; got {text}."
     if fix:
         message += f" {fix}"
     return error(message)
@@ -315,7 +324,7 @@ def check_output_file(path: str | os.PathLike, name: str = "--out", suffixes: Se
     its folder existing-and-writable or creatable. An existing file is replaced atomically on success."""
     path = Path(path)
     if suffixes and path.suffix not in suffixes:
-        raise bad_value(name, f"a file name ending in {' or '.join(suffixes)}", path)
+        raise bad_value(name, "", path, expected_text=f"end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise bad_value(name, "a file path", path, f"{path} is an existing folder; pass a file name in it.")
     _writable_ancestor(path, name)

@@ -94,18 +94,18 @@ CASES = [
     (["compare", "--checkpoint", "{edited}", "--out", "{new}"], r"key 'sde'"),
     # sample
     (["sample", "--n", "0", "--out", "{new}.npy"], r"--n must be >= 1"),
-    (["sample", "--out", "{dir}"], r"`--out` must be a file name ending in .npy"),
+    (["sample", "--out", "{dir}"], r"`--out` must end in .npy"),
     (["sample", "--out", "{under}.npy"], r"is a file, not a folder"),
     (["sample", "--checkpoint", "{edited}", "--out", "{new}.npy"], r"key 'sde'"),
     (["sample", "--checkpoint", "{new}", "--out", "{new}.npy"], r"Checkpoint folder .* does not exist"),
     # export
     (["export", "--checkpoint", "{new}", "--out", "{new}.onnx"], r"Checkpoint folder .* does not exist"),
-    (["export", "--checkpoint", "{ck}", "--out", "{dir}/x.txt"], r"must be a file name ending in .onnx"),
+    (["export", "--checkpoint", "{ck}", "--out", "{dir}/x.txt"], r"must end in .onnx"),
     (["export", "--checkpoint", "{ck}", "--steps", "0"], r"--steps must be >= 1"),
     (["export", "--checkpoint", "{edited}", "--out", "{new}.onnx"], r"key 'sde'"),
     # run-onnx
     (["run-onnx", "{new}.onnx", "--out", "{new}.npy"], r"The ONNX file .* does not exist"),
-    (["run-onnx", "{new}.onnx", "--out", "{new}.txt"], r"must be a file name ending in .png or .npy"),
+    (["run-onnx", "{new}.onnx", "--out", "{new}.txt"], r"must end in .png or .npy"),
     (["run-onnx", "{new}.onnx", "--batch", "0", "--out", "{new}.npy"], r"--batch must be >= 1"),
     # argument parsing
     (["sample", "--n", "many"], r"argument --n: invalid int value"),

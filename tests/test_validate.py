@@ -75,7 +75,7 @@ def test_devices_json_and_outputs(tmp_path):
         V.check_output_file(tmp_path / "f" / "x.npy")
     with pytest.raises(ValueError, match=r"`--out` must be a file path; got .* is an existing folder"):
         V.check_output_file(tmp_path)
-    with pytest.raises(ValueError, match=r"`--out` must be a file name ending in .png or .npy"):
+    with pytest.raises(ValueError, match=r"`--out` must end in .png or .npy"):
         V.check_output_file(tmp_path / "x.jpg", suffixes=(".png", ".npy"))
     assert list(tmp_path.iterdir()) == [tmp_path / "f"]  # the probes leave nothing behind
 
