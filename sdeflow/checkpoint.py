@@ -285,11 +285,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoi
     for attempt in range(3):
         try:
             return _load(folder, device)
-        except (CheckpointError, FileNotFoundError):
-            # a writer may have replaced the files between two reads: read the new set once more
-            if attempt == 2 or not (folder / run_folder.STAGING).exists():
+        except (CheckpointError, FileNotFoundError) as err:
+            # a writer may have switched the files between two of our reads: read the new set again
+            in_flight = isinstance(err, CheckpointError) or (folder / run_folder.STAGING).exists()
+            if attempt == 2 or not in_flight:
                 raise
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise AssertionError("unreachable")
 
 
