@@ -209,3 +209,16 @@ def test_likelihood_in_float64_casts_the_network(files, tmp_path):
     assert main(["likelihood", "--checkpoint", files["ck"], "--dtype", "float64", "--limit", "2", "--no-progress",
                  "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["settings"]["dtype"] == "float64"
+
+
+def test_resume_reports_the_steps_it_trained(tmp_path, capsys):
+    run = ["--steps", "6", "--batch-size", "8", "--warmup", "1", "--eval-every", "3", "--checkpoint-every", "2",
+           "--out", str(tmp_path / "run")]
+    assert main([*T, *run[:1], "4", *run[2:]]) == 0
+    assert "trained 4 steps in" in capsys.readouterr().out
+    assert main([*T, *run, "--resume"]) == 0
+    assert "trained steps 5..6 (2 new steps) in" in capsys.readouterr().out
+    assert main([*T, *run, "--resume"]) == 0
+    assert "nothing to train: the run is already at step 6" in capsys.readouterr().out
+    assert main([*T, *run[:1], "3", *run[2:], "--resume"]) == 2
+    assert "the run is already at step 6. Pass steps >= 6" in capsys.readouterr().err
