@@ -23,6 +23,11 @@ truncated to an integer (``5.0`` is refused where an integer is expected).
     json_safe(value)                                              -> a copy with NaN/inf floats as None (reports)
     check_output_dir(path, name="--out") / check_output_file(path, name="--out", suffixes=())   -> Path
 
+A batch against the model it is fed to (as ``log_likelihood`` does, and ``sample`` for ``x_T`` and ``noise``):
+
+    shape, device = model_signature(model)
+    x = check_batch(x, "x", sample_shape=shape, device=device)
+
 ``describe(value)`` renders the "got ..." part (the value and its type, the shape/dtype/device of a tensor).
 ``bad_value(name, expected, got, fix)`` builds the message for checks that the helpers do not cover.
 """
