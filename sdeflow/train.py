@@ -223,23 +223,6 @@ def _build_net(model_config: dict, config: TrainConfig, data: Dataset, sde: SDE)
     return net
 
 
-def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to reuse a folder that holds a run unless asked to (called before anything is computed)."""
-    state = ts.folder_state(out)
-    if resume:
-        if state.checkpoint and not state.train_state:
-            raise ValueError(f"Cannot resume {out}: it holds a checkpoint but no training state ({STATE_JSON}); "
-                             "it was written by sdeflow.save, not by a training run. Train into another folder.")
-        if not state.train_state and not state.started:
-            raise FileNotFoundError(f"Cannot resume: {out} holds no training run (start the run without resume).")
-    elif (state.checkpoint or state.train_state) and not overwrite:
-        at = f" (at step {state.step} of {state.steps})" if state.step is not None else ""
-        raise FileExistsError(
-            f"{out} already holds a run{at}; continue it with resume=True (--resume), replace it with "
-            "overwrite=True (--overwrite), or pick another folder."
-        )
-
-
 def train(
     config: TrainConfig,
     out: str | Path | None = None,
@@ -293,7 +276,7 @@ def train(
     if out is not None and rank == 0:
         with run_folder.locked(out):
             run_folder.recover(out)
-            _prepare_folder(out, resume, overwrite)
+            ts.prepare_folder(out, resume, overwrite)
             return _train(*args)
     return _train(*args)
 

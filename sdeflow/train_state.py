@@ -4,7 +4,7 @@
 ``train_state.json`` the step, the training config, the optimiser hyper-parameters, the loss history and the SHA-256
 of the tensors. Both are committed in the same transaction as the checkpoint (``model.safetensors`` with the EMA
 weights + ``config.json``), so the four files always describe one step: resuming from them replays the uninterrupted
-run bit for bit. ``folder_state`` tells what a folder holds before a run starts, so that ``train`` can refuse to
+run bit for bit. ``folder_state`` tells what a folder holds and ``prepare_folder`` makes ``train`` refuse to
 overwrite a finished run.
 """
 
@@ -61,6 +61,23 @@ def folder_state(out: Path) -> FolderState:
             pass
     started = (out / run_folder.LOCK_FILE).exists()
     return FolderState(True, has_ckpt, meta_path.is_file(), step, steps, started)
+
+
+def prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to reuse a folder that holds a run unless asked to (called before anything is computed)."""
+    state = folder_state(out)
+    if resume:
+        if state.checkpoint and not state.train_state:
+            raise ValueError(f"Cannot resume {out}: it holds a checkpoint but no training state ({STATE_JSON}); "
+                             "it was written by sdeflow.save, not by a training run. Train into another folder.")
+        if not state.train_state and not state.started:
+            raise FileNotFoundError(f"Cannot resume: {out} holds no training run (start the run without resume).")
+    elif (state.checkpoint or state.train_state) and not overwrite:
+        at = f" (at step {state.step} of {state.steps})" if state.step is not None else ""
+        raise FileExistsError(
+            f"{out} already holds a run{at}; continue it with resume=True (--resume), replace it with "
+            "overwrite=True (--overwrite), or pick another folder."
+        )
 
 
 def state_files(step: int, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
