@@ -1,7 +1,7 @@
 """Fault injection for run folders: kill ``sdeflow train`` and ``sdeflow train --resume`` at random instants and check
 that every folder left behind loads, is consistent, and resumes to exactly the uninterrupted result.
 
-    python tools/fault_inject.py --trials 100 --seed 0          # about 10-20 minutes on a busy 2-core machine
+    python tools/fault_inject.py --trials 100 --seed 0          # 23 minutes on a busy 2-core machine
 
 Each trial starts ``sdeflow train`` on a tiny config (moons, a 16-wide MLP, a checkpoint after every step) in a real
 subprocess and kills it after a random delay with SIGKILL or SIGINT (Ctrl-C); in half of the trials it then starts
