@@ -82,8 +82,9 @@ CASES = [
     # quickstart (argument errors only)
     (["quickstart", "--out", "{file}"], r"`--out` must be a folder"),
     (["quickstart", "--out", "{under}"], r"is a file, not a folder"),
-    (["quickstart", "--steps", "0", "--out", "{new}"], r"--steps, --batch-size and --n-samples must be >= 1"),
-    (["quickstart", "--n-test", "1", "--out", "{new}"], r"--n-test >= 2"),
+    (["quickstart", "--steps", "0", "--out", "{new}"], r"--steps must be >= 1; got 0"),
+    (["quickstart", "--n-samples", "0", "--out", "{new}"], r"--n-samples must be >= 1; got 0"),
+    (["quickstart", "--n-test", "1", "--out", "{new}"], r"--n-test must be >= 2"),
     (["quickstart", "--out", "{qs}"], r"already holds quickstart results; pass --overwrite"),
     # compare
     (["compare", "--n", "0", "--out", "{new}"], r"--n must be >= 1; got 0"),
@@ -94,17 +95,17 @@ CASES = [
     (["compare", "--checkpoint", "{edited}", "--out", "{new}"], r"key 'sde'"),
     # sample
     (["sample", "--n", "0", "--out", "{new}.npy"], r"--n must be >= 1"),
-    (["sample", "--out", "{dir}"], r"`--out` must end in .npy"),
+    (["sample", "--out", "{dir}"], r"`--out` must be a file path; got .* is an existing folder"),
     (["sample", "--out", "{under}.npy"], r"is a file, not a folder"),
     (["sample", "--checkpoint", "{edited}", "--out", "{new}.npy"], r"key 'sde'"),
     (["sample", "--checkpoint", "{new}", "--out", "{new}.npy"], r"Checkpoint folder .* does not exist"),
     # export
     (["export", "--checkpoint", "{new}", "--out", "{new}.onnx"], r"Checkpoint folder .* does not exist"),
-    (["export", "--checkpoint", "{ck}", "--out", "{dir}/x.txt"], r"must end in .onnx"),
+    (["export", "--checkpoint", "{ck}", "--out", "{dir}"], r"`--out` must be a file path"),
     (["export", "--checkpoint", "{ck}", "--steps", "0"], r"--steps must be >= 1"),
     (["export", "--checkpoint", "{edited}", "--out", "{new}.onnx"], r"key 'sde'"),
     # run-onnx
-    (["run-onnx", "{new}.onnx", "--out", "{new}.npy"], r"The ONNX file .* does not exist"),
+    (["run-onnx", "{new}.onnx", "--out", "{new}.npy"], r"new.onnx"),
     (["run-onnx", "{new}.onnx", "--out", "{new}.txt"], r"must end in .png or .npy"),
     (["run-onnx", "{new}.onnx", "--batch", "0", "--out", "{new}.npy"], r"--batch must be >= 1"),
     # argument parsing

@@ -63,6 +63,31 @@ def _failures() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# What each command writes to --out (checked before anything runs): a folder or a file
+OUTPUTS: dict[str, str] = {"train": "folder", "likelihood": "folder", "quickstart": "folder", "compare": "folder",
+                           "sample": "file", "export": "file", "run-onnx": "file"}
+# Options that count something: each must be >= 1 wherever a command has it (and it is set)
+COUNTS = ("n", "steps", "batch", "batch_size", "limit", "probes", "draws", "max_steps", "n_samples", "n_distribution",
+          "dim", "components", "oracle_dim", "oracle_components", "eval_every", "checkpoint_every")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """The checks every command shares, before it computes anything: counts >= 1, an available --device, and an
+    --out that can be written (not a folder for a file output, not an existing file for a folder output, not under a
+    file, writable)."""
+    from .._validate import check_device, check_output_dir, check_output_file
+
+    for name in COUNTS:
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {value}.")
+    if getattr(args, "device", None) is not None:
+        check_device(args.device, "--device")
+    kind = OUTPUTS.get(args.command)
+    if kind is not None and getattr(args, "out", None) is not None:
+        (check_output_dir if kind == "folder" else check_output_file)(args.out, "--out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sdeflow", description="Score-based diffusion models as differential equations."
@@ -98,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     prog = f"sdeflow {args.command}"
     if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        check_common(args)
         return int(args._run(args) or 0)
     try:
+        check_common(args)
         return int(args._run(args) or 0)
     except KeyboardInterrupt as err:
         detail = f" ({_one_line(err)})" if str(err) else ""

@@ -37,9 +37,10 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
-    from .._validate import check_output_dir
     from ..compare import compare
     from ..oracle import GaussianMixture
 
@@ -51,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nfe must be a comma list of positive integers like 10,20,40; got {args.nfe!r}.")
     if not _split(args.solvers):
         raise ValueError(f"--solvers must name at least one solver, e.g. ddim,heun; got {args.solvers!r}.")
-    for name in ("n", "n_distribution", "dim", "components"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
-    out = check_output_dir(args.out)
+    out = Path(args.out)  # checked by sdeflow.cli.check_common
     grids = None
     if args.grids:
         pairs = [p.split("=", 1) for p in _split(args.grids)]

@@ -23,12 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._validate import check_output_file
     from ..export import export_ddim
-
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1; got {args.steps}.")
-    check_output_file(args.out, suffixes=(".onnx",))
 
     report = export_ddim(
         args.checkpoint,

@@ -177,21 +177,16 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed as D
     from .._utils import atomic_write
-    from .._validate import check_device, check_output_dir, json_safe
+    from .._validate import json_safe
     from ..likelihood import LikelihoodError
 
-    for name in ("batch_size", "probes", "draws", "max_steps", "oracle_dim", "oracle_components"):
+    for name in ("batch_size", "probes", "draws"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (the number of examples to use); got {args.limit}.")
-    for name in ("rtol", "atol", "eps"):
+    for name in ("rtol", "atol", "eps"):  # counts, --device and --out: sdeflow.cli.check_common
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    if args.device is not None:
-        check_device(args.device, "--device")
-    check_output_dir(args.out)
     sde, score, data, prior, desc = _source(args)
     if args.dtype == "float64" and isinstance(getattr(score, "net", None), torch.nn.Module):
         score.net.double()  # the network computes in the solver's dtype

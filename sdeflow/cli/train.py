@@ -48,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from .._validate import check_device, check_output_dir
     from ..train import TrainConfig, train
 
     try:
@@ -57,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.") from err
     if model is not None and not isinstance(model, dict):
         raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.")
-    check_device(args.device, "--device")
-    check_output_dir(args.out)
     config = TrainConfig(
         data=args.data, levels=args.levels, scale=args.scale, offset=args.offset, sde=args.sde, model=model,
         prediction=args.prediction, loss=args.loss,
