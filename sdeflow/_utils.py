@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,14 +39,22 @@ def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write a file atomically: ``write(tmp_path)`` fills a temporary file in the same folder, then it is renamed.
 
-    Nothing half-written is left at ``path`` if ``write`` raises.
+    Nothing half-written is left at ``path`` if ``write`` raises, and the file there before stays as it was. An
+    ``OSError`` names ``path``, never the temporary file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except OSError as err:
+            if err.filename is not None and Path(err.filename).name == Path(tmp).name:
+                raise type(err)(err.errno, err.strerror, str(path)) from None
+            raise
         # mkstemp creates the file 0600; give the result the permissions a plain open() would (0666 & ~umask)
         umask = os.umask(0)
         os.umask(umask)

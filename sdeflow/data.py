@@ -18,6 +18,9 @@ test points. Any other name is a path to a user array (.npy or .npz), see ``load
 from __future__ import annotations
 
 import math
+import os
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validate import bad_value, check_float, check_int
 from .oracle import GaussianMixture
 
 __all__ = ["Dataset", "DATASETS", "load_dataset", "gmm_oracle", "gaussian_bpd", "GaussianBaseline"]
@@ -142,6 +146,25 @@ def _discrete(name: str, codes: Tensor, levels: int, scale: float, offset: float
     return Dataset(name, x, levels, float(scale), float(offset), tuple(x.shape[1:]), codes, labels)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npy(path: Path, source: str, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()`` with NumPy's errors turned into messages about the file (never advice to unpickle)."""
+    try:
+        arr = read()
+    except ValueError as err:
+        if "pickle" in str(err):  # an array of Python objects: sdeflow never unpickles
+            raise ValueError(
+                f"{source} holds Python objects (dtype object), which sdeflow never loads (unpickling runs code). "
+                "Save a numeric array instead, e.g. numpy.save(path, np.asarray(x, dtype=np.float32))."
+            ) from None
+        raise ValueError(f"{source} is truncated or corrupt ({err}); write it again with numpy.save.") from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{source} is truncated or corrupt ({err}); write it again with numpy.save.") from None
+    return arr
+
+
 def _user_array(path: Path, split: str) -> np.ndarray:
     if path.suffix == ".npy":
         if split != "train":
@@ -149,17 +172,28 @@ def _user_array(path: Path, split: str) -> np.ndarray:
                 f"{path} is a single .npy array, which serves split 'train' only; got split={split!r}. "
                 "Save an .npz with arrays 'train' and 'test' to provide a test split."
             )
-        return np.load(path, allow_pickle=False)
-    with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            raise ValueError(f"{path} is not a .npy file (it does not start with the NumPy header); save arrays "
+                             "with numpy.save.")
+        return _read_npy(path, str(path), lambda: np.load(path, allow_pickle=False))
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a valid .npz archive ({' '.join(str(err).split())}); write it again with "
+                         "numpy.savez.") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a .npy array named .npz; rename it to .npy or save it with numpy.savez.")
+    with f:
         keys = list(f.keys())
-        if split in keys:
-            return f[split]
-        if split == "train" and len(keys) == 1:
-            return f[keys[0]]
-        raise ValueError(
-            f"{path} has arrays {keys} but no array named {split!r}; an .npz holds either one array (the training "
-            "data) or arrays named 'train' and 'test'."
-        )
+        name = split if split in keys else (keys[0] if split == "train" and len(keys) == 1 else None)
+        if name is None:
+            raise ValueError(
+                f"{path} has arrays {keys} but no array named {split!r}; an .npz holds either one array (the "
+                "training data) or arrays named 'train' and 'test'."
+            )
+        return _read_npy(path, f"{path} (array {name!r})", lambda: f[name])
 
 
 def load_dataset(
@@ -183,6 +217,13 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"Invalid split {split!r}. Must be one of {SPLITS}.")
+    if not isinstance(name, str | os.PathLike):
+        raise bad_value("name", f"a data set name {DATASETS} or a .npy/.npz path", name, error=TypeError)
+    name = os.fspath(name)
+    if scale is not None:
+        scale = check_float(scale, "scale", min=0, min_open=True)
+    if offset is not None:
+        offset = check_float(offset, "offset")
     if name in DATASETS:
         if levels is not None or scale is not None or offset is not None:
             raise ValueError(
@@ -207,9 +248,7 @@ def load_dataset(
     if arr.ndim == 3:
         arr = arr[:, None]
     if levels is not None:
-        if int(levels) != levels or levels < 2:
-            raise ValueError(f"`levels` must be an integer >= 2; got {levels}.")
-        levels = int(levels)
+        levels = check_int(levels, "levels", min=2)
         if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
             raise ValueError(f"With `levels`={levels} the array in {name} must hold integers; got {arr.dtype}.")
         if arr.min() < 0 or arr.max() > levels - 1:

@@ -23,6 +23,7 @@ import torch
 import torchdiffeq
 from torch import Tensor
 
+from . import _validate as V
 from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, draw_probes, example_seeds
 from .parametrization import ScoreModel, as_score_model
 from .sde import SDE
@@ -192,6 +193,12 @@ def log_likelihood(
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an sdeflow SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}.")
+    # boundary checks in the shared style (sdeflow._validate; sample() makes the same ones)
+    shape, device = V.model_signature(score)
+    V.check_batch(x, "x", sample_shape=shape, device=device, finite=False)
+    rtol, atol = V.check_float(rtol, "rtol", min=0, min_open=True), V.check_float(atol, "atol", min=0, min_open=True)
+    eps = V.check_float(eps, "eps")  # its range is checked below
+    probes, max_steps = V.check_int(probes, "probes", min=1), V.check_int(max_steps, "max_steps", min=1)
     model = as_score_model(score, sde)
     _check_data(x)
     if method not in ADAPTIVE_METHODS:
@@ -337,6 +344,11 @@ def bits_per_dim(
 
     Raises ``ValueError`` for data outside [b, b + a], and ``LikelihoodError`` for a negative or non-finite bpd.
     """
+    # boundary checks in the shared style (sdeflow._validate)
+    levels, draws = V.check_int(levels, "levels", min=2), V.check_int(draws, "draws", min=1)
+    scale, offset = V.check_float(scale, "scale", min=0, min_open=True), V.check_float(offset, "offset")
+    if not isinstance(x, Tensor):
+        raise V.bad_value("x", "a torch.Tensor [B, *sample_shape]", x, error=TypeError)
     if int(levels) != levels or levels < 2:
         raise ValueError(f"`levels` must be an integer K >= 2 (256 for 8-bit images); got {levels}.")
     if int(draws) != draws or draws < 1:

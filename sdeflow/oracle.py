@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._utils import batch_time
+from ._validate import bad_value, check_float, check_int, check_tensor
 from .parametrization import ScoreModel
 from .sde import SDE
 
@@ -39,6 +40,11 @@ class GaussianMixture:
         if mu.ndim != 2:
             raise ValueError(f"`means` must have shape [K, D]; got {tuple(mu.shape)}.")
         k, d = mu.shape
+        if k < 1 or d < 1:
+            raise bad_value("means", "a tensor [K, D] with at least one component (K >= 1) and D >= 1", means,
+                            "A mixture needs at least one component.")
+        check_tensor(mu, "means")
+        check_tensor(cov, "covariances")
         if w.shape != (k,):
             raise ValueError(f"`weights` must have shape [K] = [{k}] to match `means`; got {tuple(w.shape)}.")
         if not torch.isfinite(w).all() or (w <= 0).any():
@@ -85,6 +91,8 @@ class GaussianMixture:
         generator: torch.Generator | None = None,
     ) -> GaussianMixture:
         """A random mixture: means ~ N(0, scale^2 I), random SPD covariances with eigenvalues in [0.05, 0.5]."""
+        dim, n_components = check_int(dim, "dim", min=1), check_int(n_components, "n_components", min=1)
+        scale = check_float(scale, "scale", min=0)
         g = generator
         means = scale * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
         q, _ = torch.linalg.qr(torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64))

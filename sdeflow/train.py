@@ -3,7 +3,13 @@
 ``train(TrainConfig(...), out="runs/NAME")`` writes ``out`` as a checkpoint (``model.safetensors`` with the EMA
 weights + ``config.json``, loadable by ``sdeflow.load``) and the resumable state next to it
 (``train_state.safetensors``: raw weights, Adam moments and the random-generator state; ``train_state.json``: step,
-optimiser hyper-parameters and the loss history). No pickle is involved.
+optimiser hyper-parameters and the loss history). No pickle is involved. The four files are committed together
+(``sdeflow.run_folder``) at step 0, every ``checkpoint_every`` steps and at the end, so after a kill at any instant
+the folder loads and resumes; one process at a time may write to it (a lock), and a folder that already holds a run
+is only reused with ``resume=True`` or ``overwrite=True``.
+
+Training stops with ``TrainingDivergedError`` at the first non-finite loss or gradient, before the bad update is
+applied or saved: the folder keeps the last good checkpoint.
 
 Randomness: one ``torch.Generator`` seeded with ``config.seed`` draws every batch (indices, dequantisation noise,
 times and Gaussian noise) for the *global* batch; under DistributedDataParallel (``torchrun --nproc_per_node P``)
@@ -18,7 +24,6 @@ at step k. Learning rate: linear warm-up over ``warmup`` steps, then constant or
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -27,24 +32,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
+from . import _validate as V
 from . import checkpoint as ckpt
-from ._utils import atomic_write
+from . import run_folder
+from . import train_state as ts
 from .data import Dataset, load_dataset
 from .losses import DDPMLoss, DSMLoss
 from .models import build_model, default_model_config
 from .parametrization import PREDICTIONS, ContinuousTime, DDPMTimesteps, ScoreModel, TimeLabel
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
-__all__ = ["TrainConfig", "TrainEvent", "TrainResult", "train", "SDES", "make_sde"]
+__all__ = ["TrainConfig", "TrainEvent", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
 
 SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 LOSSES = ("dsm", "ddpm")
 LR_SCHEDULES = ("constant", "cosine")
-STATE_WEIGHTS = "train_state.safetensors"
-STATE_JSON = "train_state.json"
+STATE_WEIGHTS, STATE_JSON = ts.STATE_WEIGHTS, ts.STATE_JSON
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the run folder keeps the last good checkpoint."""
 
 
 def make_sde(name: str) -> SDE:
@@ -91,23 +100,42 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        make_sde(self.sde)
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"Invalid prediction {self.prediction!r}. Must be one of {PREDICTIONS}.")
-        if self.loss not in LOSSES:
-            raise ValueError(f"Invalid loss {self.loss!r}. Must be one of {LOSSES}.")
+        """Validate every field before anything runs (NumPy numbers are accepted and stored as Python numbers)."""
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.data, os.PathLike):
+            put("data", os.fspath(self.data))
+        if not isinstance(self.data, str) or not self.data:
+            raise V.bad_value("data", "a data set name or a .npy/.npz path", self.data, error=TypeError)
+        if self.levels is not None:
+            put("levels", V.check_int(self.levels, "levels", min=2))
+        if self.scale is not None:
+            put("scale", V.check_float(self.scale, "scale", min=0, min_open=True))
+        if self.offset is not None:
+            put("offset", V.check_float(self.offset, "offset"))
+        V.check_choice(self.sde, "sde", tuple(SDES))
+        if self.model is not None:
+            if not isinstance(self.model, dict) or not isinstance(self.model.get("type"), str):
+                raise V.bad_value("model", 'a network config dict such as {"type": "mlp", "dim": 2}', self.model,
+                                  error=TypeError)
+            V.check_json(self.model, "model")
+        V.check_choice(self.prediction, "prediction", PREDICTIONS)
+        V.check_choice(self.loss, "loss", LOSSES)
         if self.loss == "ddpm" and (self.sde != "vp" or self.prediction != "eps"):
             raise ValueError("loss='ddpm' needs sde='vp' and prediction='eps' (the discrete DDPM schedule).")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"Invalid lr_schedule {self.lr_schedule!r}. Must be one of {LR_SCHEDULES}.")
+        V.check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
+        if not isinstance(self.importance_sampling, bool):
+            raise V.bad_value("importance_sampling", "True or False", self.importance_sampling, error=TypeError)
         for name in ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer; got {v}.")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"`ema_decay` must lie in [0, 1); got {self.ema_decay}.")
-        if not self.lr > 0 or self.warmup < 0:
-            raise ValueError(f"`lr` must be > 0 and `warmup` >= 0; got lr={self.lr}, warmup={self.warmup}.")
+            put(name, V.check_int(getattr(self, name), name, min=1))
+        put("N", V.check_int(self.N, "N", min=2))
+        put("warmup", V.check_int(self.warmup, "warmup", min=0))
+        put("seed", V.check_int(self.seed, "seed", min=0, max=2**63 - 1))
+        put("eps", V.check_float(self.eps, "eps", min=0, max=1, min_open=True, max_open=True))
+        put("lr", V.check_float(self.lr, "lr", min=0, min_open=True))
+        put("ema_decay", V.check_float(self.ema_decay, "ema_decay", min=0, max=1, max_open=True))
+        put("grad_clip", V.check_float(self.grad_clip, "grad_clip", min=0))
         DSMLoss(self.weighting, self.importance_sampling, self.eps)  # validates weighting / eps
 
     def time_label(self) -> TimeLabel:
@@ -135,8 +163,10 @@ class TrainEvent:
 
 @dataclass(frozen=True, eq=False)
 class TrainResult:
-    """Result of ``train``: the EMA ``model`` (a ScoreModel, eval mode), the data it was trained on, the loss
-    ``history`` (per-step training loss; (step, test loss) pairs), the checkpoint folder (None without ``out``)."""
+    """Result of ``train``: the EMA ``model`` (a ScoreModel, eval mode), the data it was trained on, the run's step
+    count ``steps`` (= ``config.steps``), ``start_step`` (0 for a fresh run, the step a resumed run continued from;
+    this call trained ``steps - start_step`` steps), the loss ``history`` of the whole run (per-step training loss;
+    (step, test loss) pairs), the seconds this call trained, the checkpoint folder (None without ``out``)."""
 
     model: ScoreModel
     data: Dataset
@@ -146,6 +176,7 @@ class TrainResult:
     seconds: float
     checkpoint: Path | None
     config: TrainConfig = field(repr=False)
+    start_step: int = 0
 
 
 def _dist(device: torch.device) -> tuple[int, int]:
@@ -167,51 +198,29 @@ def _model_config(config: TrainConfig, data: Dataset) -> dict:
     return model
 
 
-def _save_state(out: Path, step: int, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                config: TrainConfig, loss: list[float], test_loss: list[tuple[int, float]]) -> None:
-    tensors = {f"net.{k}": v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    osd = opt.state_dict()
-    for idx, st in osd["state"].items():
-        for key, value in st.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
-    tensors["rng"] = gen.get_state()
-    atomic_write(out / STATE_WEIGHTS, lambda p: save_file(tensors, str(p)))
-    meta = {"step": step, "config": asdict(config), "param_groups": osd["param_groups"], "loss": loss,
-            "test_loss": test_loss, "weights_sha256": ckpt._sha256(out / STATE_WEIGHTS)}
-    atomic_write(out / STATE_JSON, lambda p: p.write_text(json.dumps(meta)))
-
-
-_MAY_CHANGE = ("steps", "eval_every", "eval_size", "checkpoint_every")  # settings that leave the trajectory as it is
-
-
-def _load_state(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                gen: torch.Generator) -> tuple[int, list[float], list[tuple[int, float]]]:
+def _build_net(model_config: dict, config: TrainConfig, data: Dataset, sde: SDE) -> nn.Module:
+    """The seeded network, checked to fit the data: one forward pass on two training points before training."""
     try:
-        meta = json.loads((out / STATE_JSON).read_text())
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"Cannot resume: {out / STATE_JSON} does not exist (start without resume).") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ckpt.CheckpointError(f"Corrupt training state: {out / STATE_JSON} is not valid JSON.") from err
-    stored = {k: v for k, v in meta["config"].items() if k not in _MAY_CHANGE}
-    now = {k: v for k, v in asdict(config).items() if k not in _MAY_CHANGE}
-    if json.loads(json.dumps(now)) != stored:
-        diff = sorted(k for k in now if json.loads(json.dumps(now[k])) != stored.get(k))
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, identical on every rank; global RNG untouched
+            torch.manual_seed(config.seed)
+            net = build_model(model_config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`model` {model_config} is not a valid network config: {err}") from None
+    probe = ScoreModel(net, sde, config.prediction, config.time_label())
+    x = data.x[:2]
+    try:
+        with torch.no_grad():
+            out = probe.eps(x, torch.full((len(x),), 0.5))
+        if out.shape != x.shape:
+            raise RuntimeError(f"the network returns shape {list(out.shape)} for input {list(x.shape)}")
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"Cannot resume {out}: the training config differs in {diff} (only {list(_MAY_CHANGE)} may change)."
-        )
-    if ckpt._sha256(out / STATE_WEIGHTS) != meta["weights_sha256"]:
-        raise ckpt.CheckpointError(f"Corrupt training state: the SHA-256 of {out / STATE_WEIGHTS} does not match.")
-    tensors = load_file(str(out / STATE_WEIGHTS))
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    ema.load_state_dict(ckpt.load(out).net.state_dict())
-    state: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    gen.set_state(tensors["rng"])
-    return int(meta["step"]), list(meta["loss"]), [tuple(x) for x in meta["test_loss"]]
+            f"`model` {model_config} does not fit the data {config.data!r} (samples of shape "
+            f"{list(data.sample_shape)}): {first}. Pass a network for that shape (e.g. \"dim\": "
+            f"{data.dim} for an MLP) or omit `model` for the default network."
+        ) from None
+    return net
 
 
 def train(
@@ -219,25 +228,41 @@ def train(
     out: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callback: Callable[[TrainEvent], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
-    """Train a score network as ``config`` says; checkpoint to ``out`` every ``checkpoint_every`` steps and at the end.
+    """Train a score network as ``config`` says; checkpoint to ``out`` at step 0, every ``checkpoint_every`` steps
+    and at the end.
 
-    ``resume=True`` continues from the state in ``out`` (written by an earlier run with the same config; ``steps``
-    may be raised to train longer). Under torchrun (WORLD_SIZE > 1) the processes train one model with
-    DistributedDataParallel; rank 0 writes the files and calls ``callback``.
+    ``resume=True`` continues the run in ``out`` from its last checkpoint (written by an earlier run with the same
+    config except ``steps``, ``eval_every``, ``eval_size``, ``checkpoint_every``). ``config.steps`` is the run's
+    total: a run at step 60 resumed with ``steps=90`` trains steps 61..90 (the cosine schedule follows the new
+    length); with ``steps=60`` it trains nothing and returns the run; with ``steps=30`` it raises ``ValueError``
+    (steps cannot be undone). A folder that holds a run is refused unless ``resume`` or ``overwrite`` is set
+    (``overwrite`` replaces the old run at the first checkpoint, step 0). While training, ``out`` is locked against
+    other writers. Under torchrun (WORLD_SIZE > 1) the processes train one model with DistributedDataParallel;
+    rank 0 writes the files and calls ``callback``.
+
+    Raises ``TrainingDivergedError`` at the first non-finite loss or gradient (the folder keeps the last good
+    checkpoint), ``ValueError``/``TypeError`` for bad arguments, a network that does not fit the data, or a bad
+    ``out``, all before training starts; ``FolderLockedError`` while another process writes to ``out``.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
     if resume and out is None:
         raise ValueError("`resume=True` needs `out`, the folder of the run to continue.")
-    device = torch.device(device)
+    if resume and overwrite:
+        raise ValueError("Pass at most one of `resume` (continue the run in `out`) and `overwrite` (replace it).")
+    device = V.check_device(device)
     rank, world = _dist(device)
     if config.batch_size % world:
         raise ValueError(f"`batch_size` ({config.batch_size}) must be divisible by the number of processes ({world}).")
     if world > 1 and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    out = V.check_output_dir(out, "out") if out is not None and rank == 0 else (Path(out) if out else None)
+    if resume and rank == 0 and not out.is_dir():
+        raise FileNotFoundError(f"Cannot resume: {out} does not exist (start the run without resume).")
     data_args = {k: getattr(config, k) for k in ("levels", "scale", "offset") if getattr(config, k) is not None}
     data = load_dataset(config.data, "train", **data_args)
     try:
@@ -246,18 +271,32 @@ def train(
         test = None
     sde = make_sde(config.sde)
     model_config = _model_config(config, data)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, identical on every rank; global RNG untouched
-        torch.manual_seed(config.seed)
-        net = build_model(model_config).to(device)
+    net = _build_net(model_config, config, data, sde).to(device)
+    args = (config, out, resume, callback, device, rank, world, data, test, sde, model_config, net)
+    if out is not None and rank == 0:
+        with run_folder.locked(out):
+            run_folder.recover(out)
+            ts.prepare_folder(out, resume, overwrite)
+            return _train(*args)
+    return _train(*args)
+
+
+def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callable[[TrainEvent], None] | None,
+           device: torch.device, rank: int, world: int, data: Dataset, test: Dataset | None, sde: SDE,
+           model_config: dict, net: nn.Module) -> TrainResult:
     if len(data.sample_shape) == 3:  # images: channels-last convolutions are ~20% faster on CPU (oneDNN)
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     start, losses, test_losses = 0, [], []
-    out = Path(out) if out is not None else None
-    if resume:
-        start, losses, test_losses = _load_state(out, config, net, ema, opt, gen)
+    if resume and out is not None and run_folder.has_committed(out, STATE_JSON):
+        start, losses, test_losses = ts.load_state(out, config, net, ema, opt, gen)
+        if start > config.steps:
+            raise ValueError(
+                f"Cannot resume {out} to `steps`={config.steps}: the run is already at step {start}. Pass steps "
+                f">= {start} (steps count the whole run; {start} returns it unchanged)."
+            )
     train_net: nn.Module = net
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -266,66 +305,99 @@ def train(
     model = ScoreModel(train_net, sde, config.prediction, time_label)
     ema_model = ScoreModel(ema, sde, config.prediction, time_label)
     loss_fn = DDPMLoss() if config.loss == "ddpm" else DSMLoss(config.weighting, config.importance_sampling, config.eps)
+    writer = out is not None and rank == 0
+
+    def save(step: int) -> None:
+        extra = {"train": {"step": step, "world_size": world, "config": asdict(config)}}
+        files = ckpt.checkpoint_files(ema, sde, config.prediction, time_label, model_config, data.info, extra=extra)
+        files.update(ts.state_files(step, net, opt, gen, config, losses, test_losses))
+        run_folder.commit(out, files)
+
+    if writer and start == 0:
+        save(0)  # the folder is a valid, resumable run from the start
     b = config.batch_size // world
     sl = slice(rank * b, (rank + 1) * b)
     t0 = time.perf_counter()
-    for step in range(start, config.steps):
-        idx = torch.randint(0, len(data), (config.batch_size,), generator=gen)
-        x0 = data.dequantize(gen, idx)
-        if isinstance(loss_fn, DDPMLoss):
-            tt = loss_fn.sample_timesteps(config.batch_size, config.N, gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device))
-        else:
-            tt = loss_fn.sample_t(sde, config.batch_size, gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            loss = loss_fn(model, x0[sl].to(device), t=tt[sl].to(device), noise=noise[sl].to(device))
-        loss = loss.mean()
-        lr = config.lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        opt.step()
-        d = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1 - d)
-            for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
-                be.copy_(bn)
-        loss_value = loss.detach()
-        if world > 1:
-            import torch.distributed as dist
+    step = start
+    try:
+        for step in range(start, config.steps):
+            idx = torch.randint(0, len(data), (config.batch_size,), generator=gen)
+            x0 = data.dequantize(gen, idx)
+            if isinstance(loss_fn, DDPMLoss):
+                tt = loss_fn.sample_timesteps(config.batch_size, config.N, gen)
+                noise = torch.randn(x0.shape, generator=gen)
+                loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device))
+            else:
+                tt = loss_fn.sample_t(sde, config.batch_size, gen)
+                noise = torch.randn(x0.shape, generator=gen)
+                loss = loss_fn(model, x0[sl].to(device), t=tt[sl].to(device), noise=noise[sl].to(device))
+            loss = loss.mean()
+            loss_value = loss.detach().clone()
+            if world > 1:
+                import torch.distributed as dist
 
-            dist.all_reduce(loss_value)
-            loss_value = loss_value / world
-        losses.append(float(loss_value))
-        done = step + 1
-        test_value = None
-        if test is not None and rank == 0 and (done % config.eval_every == 0 or done == config.steps):
-            test_value = test_loss(ema_model, test, loss_fn, config.eval_size, seed=config.seed + 1)
-            test_losses.append((done, test_value))
-        if out is not None and rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
-            _write(out, config, net, ema, opt, gen, sde, model_config, data, done, losses, test_losses, world)
-        if callback is not None and rank == 0:
-            callback(TrainEvent(done, config.steps, losses[-1], lr, test_value, time.perf_counter() - t0))
+                dist.all_reduce(loss_value)
+                loss_value = loss_value / world
+            if not bool(torch.isfinite(loss_value)):
+                raise _diverged("loss", float(loss_value), step + 1, config, data, out)
+            lr = config.lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            else:
+                grad_norm = nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+            if not bool(torch.isfinite(grad_norm)):
+                raise _diverged("gradient norm", float(grad_norm), step + 1, config, data, out)
+            opt.step()
+            d = min(config.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                    pe.lerp_(p, 1 - d)
+                for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
+                    be.copy_(bn)
+            losses.append(float(loss_value))
+            done = step + 1
+            test_value = None
+            if test is not None and rank == 0 and (done % config.eval_every == 0 or done == config.steps):
+                test_value = test_loss(ema_model, test, loss_fn, config.eval_size, seed=config.seed + 1)
+                if not math.isfinite(test_value):
+                    raise _diverged("test loss of the EMA weights", test_value, done, config, data, out)
+                test_losses.append((done, test_value))
+            if writer and (done % config.checkpoint_every == 0 or done == config.steps):
+                save(done)
+            if callback is not None and rank == 0:
+                callback(TrainEvent(done, config.steps, losses[-1], lr, test_value, time.perf_counter() - t0))
+    except KeyboardInterrupt:
+        if not writer:
+            raise
+        at = ts.folder_state(out).step
+        raise KeyboardInterrupt(f"{out} keeps the checkpoint of step {at}; continue with resume=True (--resume)") \
+            from None
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     ema_model.eval()
     return TrainResult(ema_model, data, config.steps, losses, test_losses, time.perf_counter() - t0,
-                       out, config)
+                       out, config, start)
 
 
-def _write(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-           gen: torch.Generator, sde: SDE, model_config: dict, data: Dataset, step: int, losses: list[float],
-           test_losses: list[tuple[int, float]], world: int) -> None:
-    extra = {"train": {"step": step, "world_size": world, "config": asdict(config)}}
-    ckpt.save(out, ema, sde, config.prediction, config.time_label(), model_config, data.info, extra=extra)
-    _save_state(out, step, net, opt, gen, config, losses, test_losses)
+def _diverged(what: str, value: float, step: int, config: TrainConfig, data: Dataset, out: Path | None
+              ) -> TrainingDivergedError:
+    """The error for a non-finite loss or gradient, naming the likely causes with this run's numbers."""
+    spread = float(data.x.double().abs().max())
+    kept = ""
+    if out is not None:
+        kept = f" {out} keeps the last good checkpoint (step {ts.folder_state(out).step})."
+    scale_hint = (f"the data reach |x| = {spread:.3g}, far from unit scale: rescale them (--scale)"
+                  if spread > 100 else f"the data reach |x| = {spread:.3g}")
+    return TrainingDivergedError(
+        f"Training diverged at step {step}: the {what} is {value}.{kept} Likely causes: the learning rate "
+        f"lr={config.lr:g} is too high (try a 10x smaller --lr, a longer --warmup or --grad-clip), or {scale_hint}."
+    )
 
 
 @torch.no_grad()

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         budgets = [int(b) for b in _split(args.nfe)]
     except ValueError as err:
         raise ValueError(f"--nfe must be a comma list of integers like 10,20,40; got {args.nfe!r}.") from err
+    if not budgets or min(budgets) < 1:
+        raise ValueError(f"--nfe must be a comma list of positive integers like 10,20,40; got {args.nfe!r}.")
+    if not _split(args.solvers):
+        raise ValueError(f"--solvers must name at least one solver, e.g. ddim,heun; got {args.solvers!r}.")
+    out = Path(args.out)  # checked by sdeflow.cli.check_common
     grids = None
     if args.grids:
         pairs = [p.split("=", 1) for p in _split(args.grids)]
@@ -74,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
         callback=lambda row: print(f"  {row.solver:<14} NFE {row.nfe:>5}  error {row.error:.3e}", flush=True),
         **kwargs,
     )
-    out = Path(args.out)
     result.to_csv(out / "compare.csv")
     result.to_json(out / "compare.json")
     result.plot(out / "compare.png")

@@ -178,12 +178,19 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed as D
     from .._utils import atomic_write
+    from .._validate import json_safe
     from ..likelihood import LikelihoodError
 
     for name in ("batch_size", "probes", "draws"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
+    for name in ("rtol", "atol", "eps"):  # counts, --device and --out: sdeflow.cli.check_common
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
     sde, score, data, prior, desc = _source(args)
+    if args.dtype == "float64" and isinstance(getattr(score, "net", None), torch.nn.Module):
+        score.net.double()  # the network computes in the solver's dtype
     ctx = D.init_from_env(args.device)
     try:
         n = len(data) if args.limit is None else min(args.limit, len(data))
@@ -208,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             _evaluate(args, sde, score, data, n, mine, seeds_base=args.seed * (1 << 32), kwargs=kwargs, rows=rows,
                       bar=bar, device=ctx.device)
         except (ValueError, TypeError, LikelihoodError) as err:
-            rows = f"{type(err).__name__}: {err}"
+            rows = " ".join(f"{type(err).__name__}: {err}".split())
         if bar is not None:
             bar.close()
         gathered = D.gather_objects(rows, ctx)
@@ -218,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         if ctx.is_main:
             print(f"sdeflow likelihood: error: {failures[0]}", file=sys.stderr)
-        return 1
+        return 1  # the computation failed (e.g. the solver did not converge); argument errors exit with 2
     if not ctx.is_main:
         return 0
     discrete = data.levels is not None
@@ -250,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
         "status": "success",
     }
     atomic_write(out / "likelihood.csv", write_csv)
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    atomic_write(out / "summary.json",
+                 lambda p: p.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False)))
     from ..images import is_image_shape, save_likelihood_plots
 
     images = data.x[[r["index"] for r in rows]] if is_image_shape(tuple(data.sample_shape)) else None

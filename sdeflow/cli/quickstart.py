@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", type=int, default=128, help="test images for bits/dim (default: 128; all: 297)")
     p.add_argument("--n-samples", type=int, default=64, help="samples per sampler (default: 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -42,12 +43,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import checkpoint
+    from .._validate import check_output_dir, json_safe
     from ..data import gaussian_bpd, load_dataset
     from ..train import TrainConfig, train
 
-    if args.steps < 1 or args.n_test < 2 or args.n_samples < 1:
-        raise ValueError("--steps and --n-samples must be >= 1 and --n-test >= 2.")
-    out = Path(args.out)
+    if args.n_test < 2:
+        raise ValueError(f"--n-test must be >= 2 (a standard error needs two images); got {args.n_test}.")
+    out = Path(args.out)  # checked by sdeflow.cli.check_common
+    check_output_dir(out / "model", "--out")
+    if (out / "report.json").exists() or (out / "model" / checkpoint.CONFIG_FILE).exists():
+        if not args.overwrite:
+            raise FileExistsError(f"{out} already holds quickstart results; pass --overwrite to replace them or "
+                                  "--out for another folder.")
     t_start = time.perf_counter()
     train_set, test_set = load_dataset("digits"), load_dataset("digits", "test")
     n_test = min(args.n_test, len(test_set))
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
 
-    result = train(config, out / "model", callback=on_step)
+    result = train(config, out / "model", overwrite=args.overwrite, callback=on_step)
     if bar is not None:
         bar.close()
     ckpt = checkpoint.load(out / "model")
@@ -138,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
           f"{max(onnx_report['parity_rel_error'].values()):.1e}; onnxruntime {onnx_report['speedup']}x "
           f"PyTorch at batch {onnx_report['batch']}")
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
     _print_table(report)
     print(f"wrote {out / 'report.json'}, {out / 'samples.png'}, {out / 'loss.png'} and the checkpoint {out / 'model'}")
     return 0

@@ -1,7 +1,8 @@
 """``sdeflow train``: train a score model on built-in data or a user array and write a checkpoint folder.
 
     sdeflow train --data digits --sde vp --steps 2000 --out runs/digits
-    sdeflow train --data digits --steps 4000 --out runs/digits --resume      # continue (same settings)
+    sdeflow train --data digits --steps 4000 --out runs/digits --resume      # continue (same settings) to 4000
+    sdeflow train --data digits --steps 2000 --out runs/digits --overwrite   # replace the run in runs/digits
     torchrun --standalone --nproc_per_node 2 -m sdeflow train --data moons --steps 2000 --out runs/moons
 """
 
@@ -31,12 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-schedule", default="cosine", help="constant or cosine (default: cosine)")
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 = none (default: 1.0)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="run folder (a checkpoint for sdeflow.load / --checkpoint)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out up to --steps (the run's total; steps already done are kept)")
+    mode.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -49,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
         model = json.loads(args.model) if args.model else None
     except json.JSONDecodeError as err:
         raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.") from err
+    if model is not None and not isinstance(model, dict):
+        raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.")
     config = TrainConfig(
         data=args.data, levels=args.levels, scale=args.scale, offset=args.offset, sde=args.sde, model=model,
         prediction=args.prediction, loss=args.loss,
         weighting=args.weighting, importance_sampling=args.importance_sampling, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
-        ema_decay=args.ema_decay, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     rank0 = int(os.environ.get("RANK", "0")) == 0
     bar = None
@@ -79,13 +87,23 @@ def run(args: argparse.Namespace) -> int:
                 post["test"] = f"{last_test[-1]:.4f}"
             bar.set_postfix(post, refresh=False)
 
-    result = train(config, args.out, resume=args.resume, callback=callback, device=args.device)
-    if bar is not None:
-        bar.close()
+    try:
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, callback=callback,
+                       device=args.device)
+    finally:
+        if bar is not None:
+            bar.close()
     if rank0:
+        new = result.steps - result.start_step
+        if new == 0:
+            msg = f"nothing to train: the run is already at step {result.steps} (raise --steps to train longer)"
+        elif result.start_step:
+            msg = f"trained steps {result.start_step + 1}..{result.steps} ({new} new steps) in {result.seconds:.1f} s"
+        else:
+            msg = f"trained {new} steps in {result.seconds:.1f} s"
         tail = result.loss[-min(100, len(result.loss)):]
-        msg = f"trained {result.steps} steps in {result.seconds:.1f} s; mean loss of the last {len(tail)} steps " \
-              f"{sum(tail) / len(tail):.4f}"
+        if tail:
+            msg += f"; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}"
         if result.test_loss:
             msg += f"; test loss {result.test_loss[-1][1]:.4f}"
         print(msg)
