@@ -388,15 +388,15 @@ def test_documented_errors(oracle):
         sample(model, SDE, x, sampler=None)
     with pytest.raises(ValueError, match="`sampler` names method 'rk4' but `method` is 'euler'"):
         make_sampler("ode:rk4", method="euler")
-    with pytest.raises(ValueError, match=r"`shape` must be \(B, \*sample_shape\)"):
+    with pytest.raises(ValueError, match=r"`shape` must be \(B, \*sample_shape\) with positive sizes"):
         sample(model, SDE, shape=(4,))
-    with pytest.raises(ValueError, match="`x_T` must have shape"):
+    with pytest.raises(ValueError, match=r"`x_T` must be a tensor of shape \[B, \*sample_shape\]"):
         sample(model, SDE, x[0])
-    with pytest.raises(TypeError, match="`x_T` must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="`x_T` must be a float32 or float64 tensor"):
         sample(model, SDE, x.long())
     with pytest.raises(TypeError, match="`x_T` must be a torch.Tensor"):
         sample(model, SDE, x.numpy())
-    with pytest.raises(ValueError, match="`x_T` contains NaN or inf"):
+    with pytest.raises(ValueError, match="`x_T` must be finite; got 4 NaN"):
         sample(model, SDE, torch.full_like(x, float("nan")))
     with pytest.raises(ValueError, match="ODE solvers integrate in continuous time"):
         sample(model, SDE, x, method="ode:euler", grid="trailing")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import bad_value, check_batch, check_device, check_int, model_signature
 from ..parametrization import DDPMTimesteps, ScoreModel, as_score_model
 from ..sde import SDE
 from .evaluate import CountingNet
@@ -174,7 +175,7 @@ def sample(
     if not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps}. Use e.g. eps=1e-3.")
     model = as_score_model(model, sde)
-    x_T, shape, device, dtype = _check_start(x_T, shape, device, dtype)  # noqa: N806
+    x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)  # noqa: N806
     discrete_model = isinstance(model.time_label, DDPMTimesteps)
     seeds = per_sample_seeds(shape[0], seed, generator)
 
@@ -295,30 +296,28 @@ def sample(
 
 
 def _check_start(
+    model: ScoreModel,
     x_T: Tensor | None,  # noqa: N803
     shape: Sequence[int] | None,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> tuple[Tensor | None, tuple[int, ...], torch.device, torch.dtype]:
-    if dtype is not None and dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise TypeError(f"`dtype` must be a floating dtype (torch.float32 or torch.float64); got {dtype}.")
+    """x_T (or ``shape``), the device and the dtype, checked against what the model's network declares."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise bad_value("dtype", "torch.float32 or torch.float64", dtype, error=TypeError)
+    want, model_device = model_signature(model)
+    dev = check_device(device) if device is not None else None
     if x_T is None:
         if shape is None:
             raise ValueError("Give `x_T` or `shape` = (B, *sample_shape), e.g. shape=(16, 2).")
-        shp = tuple(int(s) for s in shape)
-        if len(shp) < 2 or min(shp) < 1:
-            raise ValueError(f"`shape` must be (B, *sample_shape) with positive sizes; got {shp}.")
-        return None, shp, torch.device(device) if device is not None else torch.device("cpu"), dtype or torch.float32
-    if not isinstance(x_T, Tensor):
-        raise TypeError(f"`x_T` must be a torch.Tensor [B, *sample_shape]; got {type(x_T).__name__}.")
-    if x_T.ndim < 2 or x_T.shape[0] < 1:
-        raise ValueError(f"`x_T` must have shape [B, *sample_shape] (at least 2-D); got {tuple(x_T.shape)}.")
-    if not x_T.is_floating_point():
-        raise TypeError(f"`x_T` must be a floating-point tensor (float32 or float64); got {x_T.dtype}.")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("`x_T` contains NaN or inf; start from finite points (e.g. sde.prior_sampling(shape)).")
-    dev = torch.device(device) if device is not None else x_T.device
-    return x_T, tuple(x_T.shape), dev, dtype or x_T.dtype
+        shp = tuple(check_int(s, "shape", min=1) for s in shape)
+        if len(shp) < 2:
+            raise bad_value("shape", "(B, *sample_shape) with positive sizes", shape, "E.g. shape=(16, 2).")
+        if want is not None and shp[1:] != want:
+            raise bad_value("shape", f"(B, {', '.join(map(str, want))}) to match the model", shape)
+        return None, shp, dev or model_device or torch.device("cpu"), dtype or torch.float32
+    x_T = check_batch(x_T, "x_T", sample_shape=want)  # noqa: N806
+    return x_T, tuple(x_T.shape), dev or x_T.device, dtype or x_T.dtype
 
 
 def _check_noise(
