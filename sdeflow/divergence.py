@@ -2,8 +2,11 @@
 
 Along the PF-ODE dx/dt = F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t) the log-density obeys d log p_t(x(t))/dt = -div F, so
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div_x F(x(t), t) dt                       (MATH.md section 5).
-``AugmentedFlow`` integrates (x, delta) with d delta/dtau = div_x (dx/dtau) in a time variable tau of the caller's
-choice. A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;
+``AugmentedFlow`` integrates (x, delta) with d delta/dtau = b(tau) div_x s in a time variable tau of the caller's
+choice. The linear drift's divergence is not integrated: div_x(f(t) x) = D f(t) and int_eps^T f dt = log(alpha(T) /
+alpha(eps)) in closed form (docs/math.md, "Likelihood refinements"), which ``drift_log_det`` returns; only the score
+part needs the network (and, for Hutchinson, a probe). The state (x, delta) may be float64 while the network runs in
+its own dtype (``net_dtype``): x is cast for the network call and the score and its divergence are cast back. A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;
 it only changes where an adaptive solver spends its steps.
 
 Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dlog(alpha)/dt:
@@ -24,7 +27,9 @@ Divergence estimators (``DIVERGENCES``), one network forward per evaluation in e
                   one (vmapped) VJP. The probes are fixed for the whole solve (resampling per evaluation breaks step
                   control) and drawn from a generator seeded per example, so an example's estimate does not depend
                   on the batch it is in or on the process that computes it.
-Only the score needs a VJP: div_x(a x + b s) = a D + b div_x s for per-time scalars a, b.
+Only the score needs a VJP: div_x(a x + b s) = a D + b div_x s for per-time scalars a, b, and the a D part is exact.
+Against Hutchinson on the whole field F (score_sde), v^T (a I + b ds/dx) v = a |v|^2 + b v^T (ds/dx) v, this removes
+the variance a^2 Var|v|^2 = 2 a^2 D per unit of time for Gaussian probes (Rademacher: |v|^2 = D, nothing to remove).
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ class AugmentedFlow(nn.Module):
     """torchdiffeq vector field of the augmented state (x [B, ...], delta [B, K]) in time variable ``time_variable``.
 
     d x / dtau = a(tau) x + b(tau) s(x, t(tau)),
-    d delta_k / dtau = a D + b div_x s   (exact; K = 1)   or   a D + b v_k^T (ds/dx) v_k   (Hutchinson, probe k).
+    d delta_k / dtau = b div_x s   (exact; K = 1)   or   b v_k^T (ds/dx) v_k   (Hutchinson, probe k);
+    the drift's a D integrates in closed form (``drift_log_det``), so log p = prior + drift_log_det + delta.
 
     ``tau`` is clamped to the solve interval widened by a margin (lambda +- 1, u * e^{+-1}; t stays in [eps, T]) so
     that a first-step probe or an overshooting step never evaluates an undefined time (solvers may step past the
@@ -132,9 +138,12 @@ class AugmentedFlow(nn.Module):
         divergence: str,
         probes: Tensor | None,
         callback: Callable[[float], None] | None = None,
+        net_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.sde = sde
+        self.net_dtype = net_dtype
+        self.t_span = t_span
         self.score = score
         self.time = _TimeChange(sde, time_variable)
         self.divergence = divergence
@@ -163,17 +172,21 @@ class AugmentedFlow(nn.Module):
     def callback_reject_step(self, t0: Tensor, y0: object, dt: Tensor) -> None:
         self.n_rejected += 1
 
+    def drift_log_det(self, d: int) -> float:
+        """int_eps^T D f(t) dt = D log(alpha(T) / alpha(eps)) for samples of ``d`` elements: the linear drift's share
+        of delta, exact (in any time variable, int a dtau = int f dt)."""
+        t0, t1 = torch.tensor(self.t_span, dtype=torch.float64)
+        return float(d * (self.sde.log_alpha(t1) - self.sde.log_alpha(t0)))
+
     def forward(self, tau: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, _ = state
         self.nfe += 1
+        net_dtype = self.net_dtype or x.dtype
         t, a, b = self.time.coefficients(tau.clamp(self.lo, self.hi))
-        t_b = t.to(x.dtype).expand(x.shape[0])
-        a = a.to(x.dtype)
-        b = b.to(x.dtype)
-        d = x[0].numel()
+        t_b = t.to(net_dtype).expand(x.shape[0])
 
         with torch.enable_grad():
-            y = x.detach().requires_grad_(True)
+            y = x.detach().to(net_dtype).requires_grad_(True)
             s = self.score.score(y, t_b)
             if self.divergence == "exact":
                 div_s = self._exact_divergence(s, y).unsqueeze(1)  # [B, 1]
@@ -184,8 +197,8 @@ class AugmentedFlow(nn.Module):
                 else:  # K probes share the forward pass: one vmapped VJP
                     w = torch.autograd.grad(s, y, v, is_grads_batched=True)[0]
                 div_s = (w * v).flatten(2).sum(2).transpose(0, 1)  # [B, K]
-        s = s.detach()
-        return a * x + b * s, a * d + b * div_s
+        a, b = a.to(x.dtype), b.to(x.dtype)
+        return a * x + b * s.detach().to(x.dtype), b * div_s.to(x.dtype)
 
     @staticmethod
     def _exact_divergence(s: Tensor, y: Tensor) -> Tensor:
