@@ -471,7 +471,8 @@ def bits_per_dim(
     chosen = (mean, std_err) if bound == "plain" else (iw, iw_err)
     return BitsPerDimResult(
         bpd=chosen[0], std_err=chosen[1], plain_bpd=mean, plain_std_err=std_err, importance_bpd=iw,
-        importance_std_err=iw_err, bound=bound, log_p=torch.stack([r.log_p for r in results], 1).mean(1), draw_bpd=draw_bpd,
+        importance_std_err=iw_err, bound=bound, log_p=torch.stack([r.log_p for r in results], 1).mean(1),
+        draw_bpd=draw_bpd,
         nfe=sum(r.nfe for r in results), levels=levels, scale=float(scale), offset=float(offset), draws=draws,
         results=tuple(results),
     )

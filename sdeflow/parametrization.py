@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from ._utils import append_dims, batch_time
 from .sde import SDE, sde_from_config
 
-__all__ = ["ScoreModel", "ContinuousTime", "DDPMTimesteps", "ScoreSDETime", "LogNoiseLevel", "TimeLabel", "as_score_model"]
+__all__ = [
+    "ScoreModel", "ContinuousTime", "DDPMTimesteps", "ScoreSDETime", "LogNoiseLevel", "TimeLabel", "as_score_model",
+]
 
 Prediction = Literal["eps", "x0", "v", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score")
@@ -99,10 +101,11 @@ class LogNoiseLevel(TimeLabel):
 
     A smooth, monotone function of the noise level alone, so a network sees the same label at the same
     signal-to-noise ratio whatever the SDE (VP, sub-VP, VE). Over [1e-5, 1] it spans about [-1.7, 1.3] for the
-    default VP SDE, [-3.5, 1.3] for sub-VP and [-2.2, 1.0] for VE, so a sinusoidal embedding with ``label_scale`` = 1 (frequencies at most
-    1 per unit of c_noise, EDM's positional embedding) varies slowly in t: an adaptive ODE solver is no longer forced
-    into the short steps that the period ~0.006 of a 1000 t embedding demands. Computed in float64 from the SDE's
-    closed-form log-SNR; the network then receives it in its own dtype.
+    default VP SDE, [-3.5, 1.3] for sub-VP and [-2.2, 1.0] for VE, so a sinusoidal embedding with a small
+    ``label_scale`` (1 for the UNet: frequencies at most 1 per unit of c_noise, EDM's positional embedding) varies
+    slowly in t: an adaptive ODE solver is no longer forced into the short steps that the period ~0.006 of a 1000 t
+    embedding demands. Computed in float64 from the SDE's closed-form log-SNR; the network receives it in its own
+    dtype.
     """
 
     def __init__(self, sde: SDE) -> None:

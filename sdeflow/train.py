@@ -70,8 +70,8 @@ class TrainConfig:
     ``model`` None picks ``default_model_config`` for the data's sample shape. ``loss`` 'dsm' trains a
     continuous-time network with ``DSMLoss(weighting, importance_sampling, eps)``, conditioned on ``conditioning``:
     'noise_level' (default; ``LogNoiseLevel``, c_noise = log(sigma/alpha)/4, with ``label_scale`` from
-    ``NOISE_LEVEL_LABEL_SCALE`` unless the model config sets it) or 't' (``ContinuousTime``, label t, ``label_scale`` 1000: the conditioning of checkpoints written
-    before the option existed); 'ddpm' trains an
+    ``NOISE_LEVEL_LABEL_SCALE`` unless the model config sets it) or 't' (``ContinuousTime``, label t,
+    ``label_scale`` 1000: the conditioning of checkpoints written before the option existed). 'ddpm' trains an
     integer-timestep network with the discrete DDPM loss on ``VPSDE().discrete(N)`` (needs sde 'vp', prediction 'eps').
     """
 

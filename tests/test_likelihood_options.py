@@ -55,7 +55,7 @@ def test_float64_state_removes_the_float32_floor() -> None:
 
 
 def test_zero_score_is_the_drift_alone_in_closed_form() -> None:
-    """With s = 0 the PF-ODE is dx/dt = f(t) x: z = x alpha(T)/alpha(eps), log p = log p_T(z) + D log(alpha_T/alpha_eps)."""
+    """With s = 0 the PF-ODE is dx/dt = f(t) x: z = x alpha(T)/alpha(eps), delta = D log(alpha(T)/alpha(eps))."""
     sde, dim = VPSDE(), 5
     x = torch.randn(3, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     res = log_likelihood(sde, lambda y, t: 0 * y, x, rtol=1e-10, atol=1e-10, error_control="all")

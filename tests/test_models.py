@@ -98,9 +98,10 @@ def test_log_noise_level_label_is_c_noise_for_every_sde():
 
 
 def test_noise_level_models_work_with_torch_func_and_export(tmp_path):
-    from sdeflow import VPSDE, LogNoiseLevel, ScoreModel
     from sdeflow.export import export_ddim
     from sdeflow.export import runtime as rt
+
+    from sdeflow import VPSDE, LogNoiseLevel, ScoreModel
 
     torch.manual_seed(0)
     sde = VPSDE()
@@ -146,7 +147,7 @@ def test_old_checkpoints_load_and_evaluate_as_before(tmp_path):
 
 def test_training_records_the_conditioning(tmp_path):
     import sdeflow
-    from sdeflow import ContinuousTime, LogNoiseLevel, TrainConfig, VPSDE
+    from sdeflow import VPSDE, ContinuousTime, LogNoiseLevel, TrainConfig
     from sdeflow.train import train
 
     tiny = {"type": "mlp", "dim": 2, "width": 8, "depth": 1}
