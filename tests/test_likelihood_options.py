@@ -127,7 +127,7 @@ def test_one_draw_bounds_coincide() -> None:
 def test_option_errors() -> None:
     sde, gm = VPSDE(), _mixture(2)
     x = gm.sample(2)
-    with pytest.raises(ValueError, match=r"Invalid error_control 'x'. Must be one of \('log_p', 'all'\)"):
+    with pytest.raises(ValueError, match=r"Invalid error_control 'x'. Must be one of \('all', 'log_p'\)"):
         log_likelihood(sde, gm.score_model(sde), x, error_control="x")
     with pytest.raises(ValueError, match="`state_dtype` must be torch.float32 or torch.float64; got torch.float16"):
         log_likelihood(sde, gm.score_model(sde), x, state_dtype=torch.float16)

@@ -63,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "bound -log2 mean_j p(y_j) / D (tighter for K > 1); both are written either way",
     )
     ode.add_argument(
-        "--error-control", choices=["log_p", "all"], default="log_p",
-        help="step-size control on the log-density with x held 10x looser (log_p, default) or on both alike (all)",
+        "--error-control", choices=["all", "log_p"], default="all",
+        help="step-size control on x and the log-density alike (all, default) or on the log-density with x held 10x "
+        "looser (log_p: fewer evaluations at a tolerance, not at an accuracy)",
     )
     ode.add_argument("--time-variable", choices=["t", "sigma_ratio", "log_snr"], default="t")
     ode.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the network's dtype")
