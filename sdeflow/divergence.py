@@ -17,8 +17,9 @@ Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dl
     'sigma_ratio'  tau = u = sigma/alpha = e^{-lambda} (EDM's noise level): dx/du = -(1/u) dx/dlambda.
                    For an eps-network the motion near the data is linear in u but ~ sqrt(t) in t.
 Measured (benchmarks/RESULTS.md): on Gaussian mixtures 't' needs the fewest steps for VP/sub-VP and 'sigma_ratio'
-for VE; on a trained UNet with a sinusoidal embedding of 1000 t the network's own oscillation in t (period ~0.006)
-sets the step size and all three need about the same number of evaluations.
+for VE; networks conditioned on c_noise (``LogNoiseLevel``) are smooth in log-SNR, and 'log_snr' / 'sigma_ratio'
+need up to 1.4x fewer evaluations on them. A network that embeds 1000 t oscillates in t (period ~0.006), which sets
+the step size in every variable (3x the evaluations of the same network conditioned on c_noise).
 
 Divergence estimators (``DIVERGENCES``), one network forward per evaluation in every case:
     'exact'       sum_i dF_i/dx_i from D vector-Jacobian products with the basis vectors, batched over the shared
