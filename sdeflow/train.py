@@ -209,6 +209,7 @@ def _load_state(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, 
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ckpt.CheckpointError(f"Corrupt training state: {out / STATE_JSON} is not valid JSON.") from err
     stored = {k: v for k, v in meta["config"].items() if k not in _MAY_CHANGE}
+    stored.setdefault("conditioning", "t")  # runs started before the option existed were conditioned on t
     now = {k: v for k, v in asdict(config).items() if k not in _MAY_CHANGE}
     if json.loads(json.dumps(now)) != stored:
         diff = sorted(k for k in now if json.loads(json.dumps(now[k])) != stored.get(k))

@@ -160,3 +160,21 @@ def test_training_records_the_conditioning(tmp_path):
         assert ck.score_model.time_label == label and ck.config["model"].get("label_scale") == scale
     with pytest.raises(ValueError, match=r"Invalid conditioning 'sigma'. Must be one of \('noise_level', 't'\)"):
         TrainConfig(conditioning="sigma")
+
+
+def test_runs_started_before_the_conditioning_option_resume_with_t(tmp_path):
+    import json
+
+    from sdeflow import TrainConfig
+    from sdeflow.train import train
+
+    tiny = {"type": "mlp", "dim": 2, "width": 8, "depth": 1, "label_scale": 1000.0}
+    kw = dict(data="moons", model=tiny, batch_size=8, warmup=1, eval_every=2, checkpoint_every=2, conditioning="t")
+    train(TrainConfig(steps=2, **kw), tmp_path / "run")
+    state = tmp_path / "run" / "train_state.json"
+    meta = json.loads(state.read_text())
+    del meta["config"]["conditioning"]  # what a run written before the option stored
+    state.write_text(json.dumps(meta))
+    assert train(TrainConfig(steps=4, **kw), tmp_path / "run", resume=True).steps == 4
+    with pytest.raises(ValueError, match=r"differs in \['conditioning'\]"):
+        train(TrainConfig(steps=6, **(kw | {"conditioning": "noise_level"})), tmp_path / "run", resume=True)
