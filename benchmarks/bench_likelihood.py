@@ -181,15 +181,15 @@ def conditioning_gain(new: Path, old: Path) -> None:
         kw = dict(levels=test.levels, scale=test.scale, offset=test.offset, rtol=1e-5, atol=1e-5,
                   divergence="rademacher")
         nfe = {tv: bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
-                                time_variable=tv, **kw).nfe for tv in ("t", "log_snr")}
+                                time_variable=tv, **kw).nfe for tv in ("t", "log_snr", "sigma_ratio")}
         wall, res = _timed(lambda ck=ck, idx=idx, kw=kw: bits_per_dim(
             ck.sde, ck.score_model, test.codes[idx], seeds=idx.tolist(), **kw))
         se = (res.bpd.std() / math.sqrt(len(idx))).item()
         nfe_lp = bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
                               error_control="log_p", **kw).nfe
         print(f"   {label:20s} NFE (32 digits) t {nfe['t']:4d} (log p control: {nfe_lp:4d}), log_snr "
-              f"{nfe['log_snr']:4d};  test bpd {res.bpd.mean():.4f} +- {se:.4f} (128 digits, NFE {res.nfe}, "
-              f"{wall:.1f} s)")
+              f"{nfe['log_snr']:4d}, sigma_ratio {nfe['sigma_ratio']:4d};  test bpd {res.bpd.mean():.4f} +- "
+              f"{se:.4f} (128 digits, NFE {res.nfe}, {wall:.1f} s)")
         bpds.append(res.bpd.double())
     diff = bpds[1] - bpds[0]
     print(f"   paired difference c_noise - label t: {diff.mean():+.4f} +- {diff.std() / math.sqrt(len(diff)):.4f} "
