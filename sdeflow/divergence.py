@@ -4,7 +4,7 @@ Along the PF-ODE dx/dt = F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t) the log-density o
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div_x F(x(t), t) dt                       (MATH.md section 5).
 ``AugmentedFlow`` integrates (x, delta) with d delta/dtau = b(tau) div_x s in a time variable tau of the caller's
 choice. The linear drift's divergence is not integrated: div_x(f(t) x) = D f(t) and int_eps^T f dt = log(alpha(T) /
-alpha(eps)) in closed form (docs/math.md, "Likelihood refinements"), which ``drift_log_det`` returns; only the score
+alpha(eps)) in closed form (docs/math.md section 9), which ``drift_log_det`` returns; only the score
 part needs the network (and, for Hutchinson, a probe). The state (x, delta) may be float64 while the network runs in
 its own dtype (``net_dtype``): x is cast for the network call and the score and its divergence are cast back.
 A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;

@@ -387,8 +387,7 @@ def bits_per_dim(
         draws: K, the dequantisation draws per example; several lower the variance and give a standard error.
         bound: which bound ``bpd`` reports (both are always in the result): 'plain', the mean of the K per-draw bounds
             E_u[-log2 p_y((k + u)/K_levels)] / D, or 'importance', the importance-weighted bound with the uniform
-            proposal (as evaluated in the Flow Matching paper, Lipman et al. 2023; docs/math.md, "Likelihood
-            refinements"):
+            proposal (as evaluated in the Flow Matching paper, Lipman et al. 2023; docs/math.md section 9):
                 log P(k) >= E[ log (1/K) sum_j p_y((k + u_j) / K_levels) ],
             tighter than the plain one for K > 1 and equal at K = 1. With a Hutchinson divergence each log p_y is
             an unbiased estimate, so the log-mean-exp of estimates is biased upward (towards a lower bpd: 0.05

@@ -96,8 +96,8 @@ class ScoreSDETime(TimeLabel):
 
 
 class LogNoiseLevel(TimeLabel):
-    """label = c_noise(t) = log(sigma(t) / alpha(t)) / 4 = -lambda(t) / 4 (EDM's c_noise, Karras et al. 2022,
-    with EDM's noise level sigma_EDM = sigma/alpha; docs/math.md, "Noise conditioning").
+    """label = c_noise(t) = log(sigma(t) / alpha(t)) / 4 = -lambda(t) / 4 (EDM's c_noise, Karras et al. 2022, Table 1,
+    with EDM's noise level sigma_EDM = sigma/alpha and lambda = log(alpha/sigma) the log-SNR of docs/math.md).
 
     A smooth, monotone function of the noise level alone, so a network sees the same label at the same
     signal-to-noise ratio whatever the SDE (VP, sub-VP, VE). Over [1e-5, 1] it spans about [-1.7, 1.3] for the
