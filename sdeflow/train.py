@@ -44,9 +44,9 @@ SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 LOSSES = ("dsm", "ddpm")
 CONDITIONINGS = ("noise_level", "t")
 # label_scale of the sinusoidal embedding of c_noise (its largest frequency per unit of c_noise), per network type.
-# Measured: the quickstart UNet needs 146 NFE at rtol = atol = 1e-5 with 1 (164 with 16, 362 with label t at 1000)
-# and reaches a lower test bpd; the 2-D MLP of tests/test_train.py samples the mixture's covariance only with 16
-# (with 1 or 4 its probability-flow samples run off into the tails).
+# With 1 the quickstart UNet needs 158 NFE at rtol = atol = 1e-5 against 518 when labelled with 1000 t, at a test
+# bpd no worse (benchmarks/RESULTS.md); the 2-D MLP of tests/test_train.py samples the mixture's covariance only with
+# 16 (with 1 its probability-flow samples run off into the tails and that test fails).
 NOISE_LEVEL_LABEL_SCALE: dict[str, float] = {"unet": 1.0, "mlp": 16.0}
 LR_SCHEDULES = ("constant", "cosine")
 STATE_WEIGHTS = "train_state.safetensors"
