@@ -1,22 +1,32 @@
-"""Likelihood benchmark: sdeflow.log_likelihood against a score_sde-style baseline, side by side in one run.
+"""Likelihood benchmark: evaluations and wall time to reach 1e-4 nats/dim, every sdeflow option side by side with a
+score_sde-style baseline, in one run (issue 12).
 
 Baseline (score_sde/likelihood.py, ported faithfully): scipy.integrate.solve_ivp(RK45) on a flat float64 NumPy state,
 a NumPy <-> torch round trip at every evaluation, the drift and the divergence computed separately (one forward for
-the drift, one forward + one backward for the Hutchinson divergence), one probe, trainable parameters left as they are.
+the drift, one forward + one backward for the Hutchinson divergence), trainable parameters left as they are.
 
-1. Accuracy on the Gaussian-mixture oracle (exact divergence in both, so the closed form log p_eps is the truth),
-   VP / sub-VP / VE, rtol = atol = 1e-5, the oracle's exact p_T as the prior.
-2. Speed on a network: the quickstart UNet (a checkpoint; trained here briefly if none is given), the 8x8 digits test
-   set dequantised, batch 64, one Rademacher probe, identical probes in both, rtol = atol = 1e-5. Reports wall time,
-   NFE and the log p both give; and sdeflow's solver overhead over the pure network time (forward + VJP).
+Problems (one Rademacher probe per example, the same probes everywhere):
+  oracle     the Gaussian-mixture score of GaussianMixture.random(16, 4, 3.0), VP, 32 points;
+  mlp64      a smooth 64-D eps-MLP (noise-level conditioning) trained briefly on a 64-D mixture, VP, 32 points;
+  quickstart the quickstart UNet on 32 dequantised test digits (trained here with the quickstart config if no
+             checkpoint is given).
+Truth: sdeflow in float64 (state and network) at rtol = atol = 1e-10 with the same probes. Each option is run at
+rtol = atol in TOLS (four per decade, loosest first); the error is the worst example's |log p - truth| / D, and the
+row reports the loosest tolerance whose error is <= 1e-4 nats/dim, with its NFE and wall time (the fastest of at
+least 3 runs totalling at least 2 s, one torch thread: the minimum is the time least disturbed by other jobs) and
+the process's CPU time (fastest run), which other jobs on the machine hardly affect.
 
-    python benchmarks/bench_likelihood.py [--checkpoint runs/quickstart/model] [--repeats 2]
+Also: the noise-conditioning gain (the quickstart UNet trained with label t, label_scale 1000, as before issue 12,
+against the default noise-level conditioning: NFE at rtol = atol = 1e-5 and test bits/dim), the float32 floor of the
+accumulated log-density, and the Hutchinson variance of the score-only estimate against the whole-field estimate.
+
+    python benchmarks/bench_likelihood.py [--checkpoint runs/quickstart/model] [--old-checkpoint DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +37,21 @@ from scipy import integrate
 
 from sdeflow import VESDE, VPSDE, GaussianMixture, SubVPSDE, load, load_dataset
 from sdeflow.divergence import draw_probes
-from sdeflow.likelihood import _frozen_parameters, log_likelihood
+from sdeflow.likelihood import bits_per_dim, log_likelihood
+
+TARGET = 1e-4
+TOLS = tuple(10 ** (-3 - k / 4) for k in range(17))  # 1e-3 ... 1e-7, four per decade
+REPEATS, MIN_SECONDS = 3, 2.0  # wall time: the fastest of >= REPEATS runs (and >= MIN_SECONDS in all) at that tolerance
+OPTIONS = {  # label -> log_likelihood keyword arguments (the first is sdeflow before issue 12)
+    "sdeflow, float32 state (before issue 12)": dict(state_dtype=None, error_control="all"),
+    "  float64 state (default)": dict(state_dtype=torch.float64, error_control="all"),
+    "  float64 state, log p control (x 10x looser)": dict(state_dtype=torch.float64, error_control="log_p"),
+    "  float64 state, time variable log_snr": dict(state_dtype=torch.float64, time_variable="log_snr"),
+    "  float64 state, time variable sigma_ratio": dict(state_dtype=torch.float64, time_variable="sigma_ratio"),
+}
 
 
-def baseline_log_likelihood(sde, score_fn, x, noise, rtol=1e-5, atol=1e-5, eps=1e-5, prior_logp=None, exact=False):
+def baseline_log_likelihood(sde, score_fn, x, noise, rtol=1e-5, atol=1e-5, eps=1e-5, prior_logp=None):
     """score_sde's likelihood loop: drift_fn and div_fn evaluated separately on a NumPy state (RK45)."""
     shape, bsz = x.shape, x.shape[0]
 
@@ -42,16 +63,10 @@ def baseline_log_likelihood(sde, score_fn, x, noise, rtol=1e-5, atol=1e-5, eps=1
     def div_fn(y, t):
         with torch.enable_grad():
             y.requires_grad_(True)
-            if exact:  # the oracle check: the exact trace, one VJP per dimension
-                out = drift_fn(y, t).flatten(1)
-                div = sum(torch.autograd.grad(out[:, i].sum(), y, retain_graph=True)[0].flatten(1)[:, i]
-                          for i in range(out.shape[1]))
-            else:
-                fn_eps = torch.sum(drift_fn(y, t) * noise)
-                grad = torch.autograd.grad(fn_eps, y)[0]
-                div = torch.sum(grad * noise, dim=tuple(range(1, len(y.shape))))
+            fn_eps = torch.sum(drift_fn(y, t) * noise)
+            grad = torch.autograd.grad(fn_eps, y)[0]
         y.requires_grad_(False)
-        return div
+        return torch.sum(grad * noise, dim=tuple(range(1, len(y.shape))))
 
     nfe = [0]
 
@@ -72,127 +87,193 @@ def baseline_log_likelihood(sde, score_fn, x, noise, rtol=1e-5, atol=1e-5, eps=1
     return prior + torch.from_numpy(zp[-bsz:]), nfe[0]
 
 
-def oracle_accuracy(tolerances: tuple[float, ...]) -> float:
-    """Errors against the closed form; returns the loosest sdeflow tolerance at least as accurate as the baseline."""
-    print("1. Oracle accuracy (exact divergence, exact p_T prior, 32 points, D = 8); errors in nats/dim")
-    print(f"   {'SDE':8s} {'method':24s} {'rtol=atol':>9s} {'NFE':>5s} {'max err':>9s} {'mean err':>9s}")
-    gm = GaussianMixture.random(8, 4, 3.0, generator=torch.Generator().manual_seed(0))
-    x = gm.sample(32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    as_good = set(tolerances)
-    for sde in (VPSDE(), SubVPSDE(), VESDE()):
-        exact = gm.log_prob(x, 1e-5, sde)
-        lp, nfe = baseline_log_likelihood(sde, gm.score_model(sde).score, x, None, prior_logp=gm.prior_logp(sde),
-                                          exact=True)
-        base_err = (lp - exact).abs() / 8
-        name = type(sde).__name__
-        print(f"   {name:8s} {'baseline (RK45, t)':24s} {1e-5:9.0e} {nfe:5d} {base_err.max():9.2e} "
-              f"{base_err.mean():9.2e}")
-        runs = [(tv, 1e-5) for tv in ("sigma_ratio", "log_snr")] + [("t", tol) for tol in tolerances]
-        for tv, tol in runs:
-            r = log_likelihood(sde, gm.score_model(sde), x, prior_logp=gm.prior_logp(sde), time_variable=tv,
-                               rtol=tol, atol=tol)
-            err = (r.log_p - exact).abs() / 8
-            print(f"   {name:8s} {'sdeflow (' + tv + ')':24s} {tol:9.0e} {r.nfe:5d} {err.max():9.2e} {err.mean():9.2e}")
-            if tv == "t" and (err.max() > base_err.max() or err.mean() > base_err.mean()):
-                as_good.discard(tol)
-    matched = max(as_good) if as_good else min(tolerances)
-    print(f"   loosest sdeflow tolerance (default time variable t) with max and mean error <= the baseline's at 1e-5 "
-          "on all three SDEs: "
-          f"{matched:.0e}")
-    return matched
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
-def quick_checkpoint(steps: int) -> Path:
+def _cpu_timed(fn):  # (wall seconds, CPU seconds of this process, result)
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
+def reach_target(name: str, sde, model, x: torch.Tensor, seeds: torch.Tensor, truth: torch.Tensor) -> dict:
+    """For the baseline and every option: the loosest tolerance in TOLS with error <= TARGET, its NFE and time."""
+    d = x[0].numel()
+    noise = draw_probes("rademacher", x.shape[1:], 1, seeds)[0]
+    runs = {"baseline (score_sde: scipy RK45, t)": lambda tol: (lambda r: (r[0], r[1]))(
+        baseline_log_likelihood(sde, model.score, x, noise, rtol=tol, atol=tol))}
+    for label, kw in OPTIONS.items():
+        runs[label] = lambda tol, kw=kw: (lambda r: (r.log_p.double(), r.nfe))(
+            log_likelihood(sde, model, x, divergence="rademacher", seeds=seeds, rtol=tol, atol=tol, **kw))
+    rows = {}
+    print(f"\n{name}: NFE and wall time to reach {TARGET:.0e} nats/dim (worst of {x.shape[0]} examples, D = {d})")
+    print(f"   {'run':46s} {'rtol=atol':>9s} {'NFE':>5s} {'wall s':>7s} {'CPU s':>7s} {'error':>9s}"
+          "   (error at each tolerance)")
+    for label, run in runs.items():
+        found, trail = None, []
+        for tol in TOLS:
+            wall, cpu, (log_p, nfe) = _cpu_timed(lambda run=run, tol=tol: run(tol))
+            err = ((log_p - truth).abs() / d).max().item()
+            trail.append(f"{tol:.0e}:{err:.1e}/{nfe}")
+            if err <= TARGET:
+                times = [(wall, cpu)]
+                while len(times) < REPEATS or sum(w for w, _ in times) < MIN_SECONDS:
+                    times.append(_cpu_timed(lambda run=run, tol=tol: run(tol))[:2])
+                found = dict(tol=tol, nfe=nfe, wall=min(w for w, _ in times), cpu=min(c for _, c in times), err=err)
+                break
+        rows[label] = found
+        if found:
+            print(f"   {label:46s} {found['tol']:9.0e} {found['nfe']:5d} {found['wall']:7.2f} {found['cpu']:7.2f} "
+                  f"{found['err']:9.1e}")
+        else:
+            print(f"   {label:46s} {'not reached':>9s}   {' '.join(trail)}")
+    base = rows["baseline (score_sde: scipy RK45, t)"]
+    for label, row in rows.items():
+        if row and base and label != "baseline (score_sde: scipy RK45, t)":
+            print(f"   vs baseline: {label:46s} NFE {base['nfe'] / row['nfe']:.2f}x fewer, "
+                  f"wall {base['wall'] / row['wall']:.2f}x faster, CPU {base['cpu'] / row['cpu']:.2f}x less")
+    return rows
+
+
+def truth_of(sde, model, x, seeds, net=None) -> torch.Tensor:
+    """float64 state and network at rtol = atol = 1e-10 with the same probes."""
+    if net is not None:
+        net.double()
+    try:
+        r = log_likelihood(sde, model, x.double(), divergence="rademacher", seeds=seeds, rtol=1e-10, atol=1e-10,
+                           dtype=torch.float64, error_control="all", max_steps=100_000)
+    finally:
+        if net is not None:
+            net.float()
+    return r.log_p.double()
+
+
+def train_quickstart(conditioning: str, steps: int) -> Path:
+    """The quickstart's training run (sdeflow/cli/quickstart.py) with the given conditioning."""
     from sdeflow.train import TrainConfig, train
 
-    out = Path(tempfile.mkdtemp(prefix="bench_likelihood_")) / "model"
-    print(f"   (no checkpoint given: training the quickstart UNet for {steps} steps into {out})")
-    train(TrainConfig(data="digits", steps=steps, eval_every=10**9, checkpoint_every=steps, seed=0), out)
+    out = Path(tempfile.mkdtemp(prefix=f"bench_lik_{conditioning}_")) / "model"
+    model = {"type": "unet", "image_size": 8, "in_channels": 1, "channels": 20, "mults": [1, 2]}
+    if conditioning == "t":
+        model["label_scale"] = 1000.0
+    print(f"   (training the quickstart UNet with conditioning {conditioning!r} for {steps} steps into {out})")
+    train(TrainConfig(data="digits", sde="vp", prediction="eps", loss="dsm", weighting="sigma2", steps=steps,
+                      batch_size=128, lr=2e-3, warmup=50, lr_schedule="cosine", ema_decay=0.999,
+                      eval_every=max(1, steps // 6), checkpoint_every=steps, seed=0, conditioning=conditioning,
+                      model=model), out)
     return out
 
 
-def network_speed(
-    checkpoint: Path | None, repeats: int, batch: int, train_steps: int, matched_tol: float
-) -> None:
-    print(f"\n2. Speed on a network (batch {batch}, one Rademacher probe, rtol = atol = 1e-5, one torch thread)")
-    ckpt = load(checkpoint if checkpoint is not None else quick_checkpoint(train_steps))
-    n_params = sum(p.numel() for p in ckpt.net.parameters())
-    data = load_dataset("digits", "test")
-    x = data.dequantize(torch.Generator().manual_seed(0))[:batch]
-    seeds = torch.arange(batch)
-    noise = draw_probes("rademacher", x.shape[1:], 1, seeds)[0]
-    sde, model, net = ckpt.sde, ckpt.score_model, ckpt.net
-    print(f"   model: {ckpt.config['model']['type']} with {n_params:,} parameters from {ckpt.path}")
+def mlp64() -> tuple:
+    """A smooth 64-D eps-MLP: the default MLP with noise-level conditioning, 400 steps on a 64-D mixture."""
+    from sdeflow.train import TrainConfig, train
 
-    def timed(fn):  # (wall seconds, CPU seconds of this process, result)
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        return time.perf_counter() - w0, time.process_time() - c0, out
+    gm = GaussianMixture.random(64, 4, 1.0, generator=torch.Generator().manual_seed(0))
+    folder = Path(tempfile.mkdtemp(prefix="bench_lik_mlp64_"))
+    np.save(folder / "train.npy", gm.sample(4096, generator=torch.Generator().manual_seed(1)).numpy())
+    train(TrainConfig(data=str(folder / "train.npy"), steps=400, batch_size=256, warmup=20, lr=2e-3,
+                      eval_every=400, checkpoint_every=400, seed=0), folder / "model")
+    ck = load(folder / "model")
+    return ck, gm.sample(32, generator=torch.Generator().manual_seed(2))
 
-    runs: dict[str, list] = {"baseline": [], "sdeflow": [], "matched": []}
-    for _ in range(repeats):  # interleaved, so that load from other processes hits all alike
-        runs["baseline"].append(timed(lambda: baseline_log_likelihood(sde, model.score, x, noise)))
-        runs["sdeflow"].append(timed(lambda: log_likelihood(sde, model, x, divergence="rademacher", seeds=seeds)))
-        if matched_tol != 1e-5:
-            runs["matched"].append(timed(lambda: log_likelihood(sde, model, x, divergence="rademacher", seeds=seeds,
-                                                               rtol=matched_tol, atol=matched_tol)))
-    lp_base, nfe_base = runs["baseline"][0][2]
-    res = runs["sdeflow"][0][2]
 
-    # pure network time: forward + one VJP w.r.t. the input, parameters frozen, same batch and label dtype
-    label = torch.full((batch,), 0.5)
+def conditioning_gain(new: Path, old: Path) -> None:
+    print("\nNoise conditioning: the quickstart UNet trained with label t (label_scale 1000, the conditioning before "
+          "issue 12) and with c_noise = log(sigma/alpha)/4 (default); 32 test digits at rtol = atol = 1e-5 "
+          "(default options), and test bits/dim on 128 test digits (one draw, one probe, same seeds)")
+    test = load_dataset("digits", "test")
+    bpds = []
+    for label, path in (("label t (before)", old), ("c_noise (default)", new)):
+        ck = load(path)
+        idx = torch.arange(128)
+        kw = dict(levels=test.levels, scale=test.scale, offset=test.offset, rtol=1e-5, atol=1e-5,
+                  divergence="rademacher")
+        nfe = {tv: bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
+                                time_variable=tv, **kw).nfe for tv in ("t", "log_snr", "sigma_ratio")}
+        wall, res = _timed(lambda ck=ck, idx=idx, kw=kw: bits_per_dim(
+            ck.sde, ck.score_model, test.codes[idx], seeds=idx.tolist(), **kw))
+        se = (res.bpd.std() / math.sqrt(len(idx))).item()
+        nfe_lp = bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
+                              error_control="log_p", **kw).nfe
+        print(f"   {label:20s} NFE (32 digits) t {nfe['t']:4d} (log p control: {nfe_lp:4d}), log_snr "
+              f"{nfe['log_snr']:4d}, sigma_ratio {nfe['sigma_ratio']:4d};  test bpd {res.bpd.mean():.4f} +- "
+              f"{se:.4f} (128 digits, NFE {res.nfe}, {wall:.1f} s)")
+        bpds.append(res.bpd.double())
+    diff = bpds[1] - bpds[0]
+    print(f"   paired difference c_noise - label t: {diff.mean():+.4f} +- {diff.std() / math.sqrt(len(diff)):.4f} "
+          "bits/dim")
 
-    def net_eval() -> None:
-        with torch.enable_grad():
-            y = x.detach().requires_grad_(True)
-            out = net(y, label)
-            torch.autograd.grad(out, y, noise)
 
-    with _frozen_parameters(net):
-        net_eval()
-        times, cpus = [], []
-        for _ in range(max(20, repeats * 10)):
-            w0, c0 = time.perf_counter(), time.process_time()
-            net_eval()
-            times.append(time.perf_counter() - w0)
-            cpus.append(time.process_time() - c0)
-    t_net, c_net = statistics.median(times), statistics.median(cpus)
+def float32_floor() -> None:
+    print("\nfloat32 floor of the accumulated log-density (oracle D = 16, VP, float32 network, control (x, log p)); "
+          "worst error in nats/dim against the closed form")
+    sde, gm = VPSDE(), GaussianMixture.random(16, 3, 3.0, generator=torch.Generator().manual_seed(3))
+    x = gm.sample(8, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    exact = gm.log_prob(x.double(), 1e-5, sde)
+    for tol in (1e-5, 1e-7, 1e-9):
+        errs = []
+        for sd in (torch.float32, torch.float64):
+            r = log_likelihood(sde, gm.score_model(sde), x, rtol=tol, atol=tol, state_dtype=sd, error_control="all",
+                               prior_logp=gm.prior_logp(sde))
+            errs.append(((r.log_p.double() - exact).abs() / 16).max().item())
+        print(f"   rtol = atol = {tol:.0e}: float32 state {errs[0]:.1e}, float64 state {errs[1]:.1e}")
 
-    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in runs.items() if v}
-    nfe = {"baseline": nfe_base, "sdeflow": res.nfe}
-    if runs["matched"]:
-        nfe["matched"] = runs["matched"][0][2].nfe
-    labels = {"baseline": "baseline, rtol=atol=1e-5", "sdeflow": "sdeflow,  rtol=atol=1e-5",
-              "matched": f"sdeflow,  rtol=atol={matched_tol:.0e} (oracle error <= baseline's)"}
-    for k, (wall, cpu) in med.items():
-        print(f"   {labels[k]:55s} wall {wall:7.2f} s  CPU {cpu:7.2f} s  NFE {nfe[k]:4d}  "
-              f"CPU/eval {cpu / nfe[k] * 1e3:6.1f} ms")
-    for k in ("sdeflow", "matched"):
-        if k in med:
-            print(f"   speed-up {labels[k]:55s} wall {med['baseline'][0] / med[k][0]:.2f}x  "
-                  f"CPU {med['baseline'][1] / med[k][1]:.2f}x   (median of {repeats})")
-    diff = (res.log_p.double() - lp_base).abs() / x[0].numel()
-    print(f"   |log p sdeflow - log p baseline| per dim at 1e-5: max {diff.max():.1e}, mean {diff.mean():.1e}")
-    wall, cpu = med["sdeflow"]
-    print(f"   pure network time (forward + VJP, batch {batch}, params frozen): wall {t_net * 1e3:.1f} ms, CPU "
-          f"{c_net * 1e3:.1f} ms (median); sdeflow solver overhead: {(cpu / (res.nfe * c_net) - 1) * 100:.1f}% (CPU), "
-          f"{(wall / (res.nfe * t_net) - 1) * 100:.1f}% (wall) of NFE x network time")
+
+def hutchinson_variance(quickstart) -> None:
+    print("\nHutchinson with Gaussian probes (16 per example, 8 examples): variance of the score-only estimate "
+          "(L D + int b v^T ds/dx v) over that of the whole-field estimate sdeflow uses (L |v|^2 + the same)")
+    cases = [(f"oracle D = 16, {type(sde).__name__}", sde, *(lambda gm: (gm.score_model(sde), gm.sample(
+        8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)))(
+        GaussianMixture.random(16, 3, 3.0, generator=torch.Generator().manual_seed(3))))
+        for sde in (VPSDE(), SubVPSDE(), VESDE())]
+    test = load_dataset("digits", "test")
+    cases.append(("quickstart UNet (VP)", quickstart.sde, quickstart.score_model,
+                  test.dequantize(torch.Generator().manual_seed(0))[:8]))
+    for label, sde, model, x in cases:
+        seeds = torch.arange(8)
+        r = log_likelihood(sde, model, x, divergence="gaussian", probes=16, seeds=seeds, rtol=1e-4, atol=1e-4)
+        v = draw_probes("gaussian", x.shape[1:], 16, seeds, torch.float64).flatten(2)
+        d, t = x[0].numel(), torch.tensor([1e-5, 1.0], dtype=torch.float64)
+        lg = sde.log_alpha(t[1]) - sde.log_alpha(t[0])
+        score_only = r.probe_delta_logp - lg * (v.pow(2).sum(2).T - d)
+        ratio = (score_only.var(1).mean() / r.probe_delta_logp.var(1).mean()).item()
+        print(f"   {label:28s} variance ratio score-only / whole-field: {ratio:6.2f}   (Rademacher: 1 exactly)")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: runs/quickstart/model if present)")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--train-steps", type=int, default=600, help="training steps when no checkpoint exists")
-    p.add_argument("--skip-oracle", action="store_true")
+    p.add_argument("--checkpoint", type=Path, help="quickstart checkpoint (default: runs/quickstart/model if present)")
+    p.add_argument("--old-checkpoint", type=Path, help="the quickstart UNet trained with label t (default: train it)")
+    p.add_argument("--train-steps", type=int, default=1200, help="training steps when a model must be trained")
     args = p.parse_args()
     torch.set_num_threads(1)
     ckpt = args.checkpoint
     if ckpt is None and Path("runs/quickstart/model/config.json").is_file():
         ckpt = Path("runs/quickstart/model")
-    matched = 1e-5 if args.skip_oracle else oracle_accuracy((1e-5, 3e-5, 1e-4))
-    network_speed(ckpt, args.repeats, args.batch, args.train_steps, matched)
+    ckpt = ckpt or train_quickstart("noise_level", args.train_steps)
+    old = args.old_checkpoint or train_quickstart("t", args.train_steps)
+
+    sde = VPSDE()
+    gm = GaussianMixture.random(16, 4, 3.0, generator=torch.Generator().manual_seed(0))
+    x, seeds = gm.sample(32, generator=torch.Generator().manual_seed(1)), torch.arange(32)
+    oracle = gm.score_model(sde)
+    reach_target("oracle (16-D mixture, VP)", sde, oracle, x, seeds, truth_of(sde, oracle, x, seeds))
+
+    ck, x = mlp64()
+    reach_target("smooth 64-D eps-MLP (VP)", ck.sde, ck.score_model, x, seeds,
+                 truth_of(ck.sde, ck.score_model, x, seeds, ck.net))
+
+    qs = load(ckpt)
+    x = load_dataset("digits", "test").dequantize(torch.Generator().manual_seed(0))[:32]
+    reach_target(f"quickstart UNet ({ckpt})", qs.sde, qs.score_model, x, seeds,
+                 truth_of(qs.sde, qs.score_model, x, seeds, qs.net))
+
+    conditioning_gain(ckpt, old)
+    float32_floor()
+    hutchinson_variance(qs)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,12 @@ def time_labels(time_label: dict, t: np.ndarray) -> np.ndarray:
         return np.round(label).astype(np.int64) if time_label.get("integer") else label
     if kind == "ScoreSDETime":
         return t * (int(time_label["N"]) - 1)
-    raise ValueError(f"Unknown time label {kind!r}. Must be ContinuousTime, DDPMTimesteps or ScoreSDETime.")
+    if kind == "LogNoiseLevel":  # c_noise = log(sigma / alpha) / 4
+        alpha, sigma = alpha_sigma(time_label["sde"], t)
+        return 0.25 * (np.log(sigma) - np.log(alpha))
+    raise ValueError(
+        f"Unknown time label {kind!r}. Must be ContinuousTime, DDPMTimesteps, ScoreSDETime or LogNoiseLevel."
+    )
 
 
 @dataclass(frozen=True)

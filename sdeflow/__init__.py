@@ -12,7 +12,7 @@ from .compare import CompareResult, compare
 from .data import DATASETS, Dataset, load_dataset
 from .likelihood import BitsPerDimResult, LikelihoodError, LikelihoodResult, bits_per_dim, log_likelihood
 from .oracle import GaussianMixture
-from .parametrization import ContinuousTime, DDPMTimesteps, ScoreModel, ScoreSDETime, TimeLabel
+from .parametrization import ContinuousTime, DDPMTimesteps, LogNoiseLevel, ScoreModel, ScoreSDETime, TimeLabel
 from .processes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
 from .sampling import SampleResult, sample
 from .sde import SDE, VESDE, VPSDE, DiscreteSchedule, SubVPSDE, sde_from_config
@@ -32,6 +32,7 @@ __all__ = [
     "ContinuousTime",
     "DDPMTimesteps",
     "ScoreSDETime",
+    "LogNoiseLevel",
     "ForwardSDE",
     "ReverseSDE",
     "ProbabilityFlowODE",

@@ -2,8 +2,12 @@
 
 Along the PF-ODE dx/dt = F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t) the log-density obeys d log p_t(x(t))/dt = -div F, so
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div_x F(x(t), t) dt                       (MATH.md section 5).
-``AugmentedFlow`` integrates (x, delta) with d delta/dtau = div_x (dx/dtau) in a time variable tau of the caller's
-choice. A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;
+``AugmentedFlow`` integrates (x, delta) with d delta/dtau = b(tau) div_x s in a time variable tau of the caller's
+choice. The linear drift's divergence is not integrated: div_x(f(t) x) = D f(t) and int_eps^T f dt = log(alpha(T) /
+alpha(eps)) in closed form (docs/math.md section 9), which ``drift_log_det`` returns; only the score
+part needs the network (and, for Hutchinson, a probe). The state (x, delta) may be float64 while the network runs in
+its own dtype (``net_dtype``): x is cast for the network call and the score and its divergence are cast back.
+A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and the integral unchanged;
 it only changes where an adaptive solver spends its steps.
 
 Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dlog(alpha)/dt:
@@ -13,8 +17,9 @@ Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dl
     'sigma_ratio'  tau = u = sigma/alpha = e^{-lambda} (EDM's noise level): dx/du = -(1/u) dx/dlambda.
                    For an eps-network the motion near the data is linear in u but ~ sqrt(t) in t.
 Measured (benchmarks/RESULTS.md): on Gaussian mixtures 't' needs the fewest steps for VP/sub-VP and 'sigma_ratio'
-for VE; on a trained UNet with a sinusoidal embedding of 1000 t the network's own oscillation in t (period ~0.006)
-sets the step size and all three need about the same number of evaluations.
+for VE; networks conditioned on c_noise (``LogNoiseLevel``) are smooth in log-SNR, and 'log_snr' / 'sigma_ratio'
+need up to 1.4x fewer evaluations on them. A network that embeds 1000 t oscillates in t (period ~0.006), which sets
+the step size in every variable (3x the evaluations of the same network conditioned on c_noise).
 
 Divergence estimators (``DIVERGENCES``), one network forward per evaluation in every case:
     'exact'       sum_i dF_i/dx_i from D vector-Jacobian products with the basis vectors, batched over the shared
@@ -24,7 +29,11 @@ Divergence estimators (``DIVERGENCES``), one network forward per evaluation in e
                   one (vmapped) VJP. The probes are fixed for the whole solve (resampling per evaluation breaks step
                   control) and drawn from a generator seeded per example, so an example's estimate does not depend
                   on the batch it is in or on the process that computes it.
-Only the score needs a VJP: div_x(a x + b s) = a D + b div_x s for per-time scalars a, b.
+Only the score needs a VJP: div_x(a x + b s) = a D + b div_x s for per-time scalars a, b. For a probe,
+v^T (a I + b ds/dx) v = a |v|^2 + b v^T (ds/dx) v: the ODE carries the second term and ``log_likelihood`` adds the
+first in closed form (int a dtau |v|^2 = log(alpha(T)/alpha(eps)) |v|^2). Dropping |v|^2 (the score part alone) would
+be unbiased too but, for Gaussian probes, measured 9-53x more variable on VP/sub-VP models: the a |v|^2 term cancels
+the isotropic part of the score's Jacobian. For Rademacher probes |v|^2 = D and the two coincide.
 """
 
 from __future__ import annotations
@@ -114,7 +123,8 @@ class AugmentedFlow(nn.Module):
     """torchdiffeq vector field of the augmented state (x [B, ...], delta [B, K]) in time variable ``time_variable``.
 
     d x / dtau = a(tau) x + b(tau) s(x, t(tau)),
-    d delta_k / dtau = a D + b div_x s   (exact; K = 1)   or   a D + b v_k^T (ds/dx) v_k   (Hutchinson, probe k).
+    d delta_k / dtau = b div_x s   (exact; K = 1)   or   b v_k^T (ds/dx) v_k   (Hutchinson, probe k);
+    the drift's a D integrates in closed form (``drift_log_det``), so log p = prior + drift_log_det + delta.
 
     ``tau`` is clamped to the solve interval widened by a margin (lambda +- 1, u * e^{+-1}; t stays in [eps, T]) so
     that a first-step probe or an overshooting step never evaluates an undefined time (solvers may step past the
@@ -132,9 +142,12 @@ class AugmentedFlow(nn.Module):
         divergence: str,
         probes: Tensor | None,
         callback: Callable[[float], None] | None = None,
+        net_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.sde = sde
+        self.net_dtype = net_dtype
+        self.t_span = t_span
         self.score = score
         self.time = _TimeChange(sde, time_variable)
         self.divergence = divergence
@@ -163,17 +176,21 @@ class AugmentedFlow(nn.Module):
     def callback_reject_step(self, t0: Tensor, y0: object, dt: Tensor) -> None:
         self.n_rejected += 1
 
+    def drift_log_det(self, d: int) -> float:
+        """int_eps^T D f(t) dt = D log(alpha(T) / alpha(eps)) for samples of ``d`` elements: the linear drift's share
+        of delta, exact (in any time variable, int a dtau = int f dt)."""
+        t0, t1 = torch.tensor(self.t_span, dtype=torch.float64)
+        return float(d * (self.sde.log_alpha(t1) - self.sde.log_alpha(t0)))
+
     def forward(self, tau: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, _ = state
         self.nfe += 1
+        net_dtype = self.net_dtype or x.dtype
         t, a, b = self.time.coefficients(tau.clamp(self.lo, self.hi))
-        t_b = t.to(x.dtype).expand(x.shape[0])
-        a = a.to(x.dtype)
-        b = b.to(x.dtype)
-        d = x[0].numel()
+        t_b = t.to(net_dtype).expand(x.shape[0])
 
         with torch.enable_grad():
-            y = x.detach().requires_grad_(True)
+            y = x.detach().to(net_dtype).requires_grad_(True)
             s = self.score.score(y, t_b)
             if self.divergence == "exact":
                 div_s = self._exact_divergence(s, y).unsqueeze(1)  # [B, 1]
@@ -184,8 +201,8 @@ class AugmentedFlow(nn.Module):
                 else:  # K probes share the forward pass: one vmapped VJP
                     w = torch.autograd.grad(s, y, v, is_grads_batched=True)[0]
                 div_s = (w * v).flatten(2).sum(2).transpose(0, 1)  # [B, K]
-        s = s.detach()
-        return a * x + b * s, a * d + b * div_s
+        a, b = a.to(x.dtype), b.to(x.dtype)
+        return a * x + b * s.detach().to(x.dtype), b * div_s.to(x.dtype)
 
     @staticmethod
     def _exact_divergence(s: Tensor, y: Tensor) -> Tensor:

@@ -31,6 +31,10 @@ from .sde import SDE
 __all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimResult", "bits_per_dim"]
 
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8")
+ERROR_CONTROLS: tuple[str, ...] = ("all", "log_p")
+BOUNDS: tuple[str, ...] = ("plain", "importance")
+# With error_control='log_p' the latent x is held to X_TOL_FACTOR times looser tolerances than the log-density.
+X_TOL_FACTOR = 10.0
 
 
 class LikelihoodError(RuntimeError):
@@ -52,7 +56,8 @@ class LikelihoodResult:
         nfe: network evaluations (each one forward + one batched VJP).
         n_steps, n_rejected: accepted and rejected solver steps.
         status: 'success' (failures raise ``LikelihoodError``).
-        settings: the solver settings used (method, rtol, atol, eps, divergence, probes, time_variable, dtype).
+        settings: the solver settings used (method, rtol, atol, eps, divergence, probes, time_variable, dtype,
+            state_dtype, error_control).
     """
 
     log_p: Tensor
@@ -132,16 +137,22 @@ def _frozen_parameters(module: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _per_example_norm(state: tuple[Tensor, Tensor]) -> Tensor:
-    """Step-size control norm: the worst example's max(RMS of its x error, RMS of its delta errors).
+def _per_example_norm(x_weight: float) -> Callable[[tuple[Tensor, Tensor]], Tensor]:
+    """Step-size control norm: the worst example's max(x_weight * RMS of its x error, RMS of its delta errors).
 
-    torchdiffeq's default RMS over the whole batch lets one example's error hide behind the others' (an example can
-    be off by sqrt(B) times the tolerance); this norm holds every example to rtol/atol.
+    torchdiffeq passes the errors already divided by atol + rtol |y|, so the norm <= 1 accepts a step. torchdiffeq's
+    default RMS over the whole batch lets one example's error hide behind the others' (an example can be off by
+    sqrt(B) times the tolerance); this norm holds every example to rtol/atol. ``x_weight`` = 1 holds x and delta
+    alike ('all'); 1 / X_TOL_FACTOR holds x to X_TOL_FACTOR times looser tolerances ('log_p').
     """
-    x, delta = state
-    rms_x = x.flatten(1).pow(2).mean(1).sqrt()
-    rms_d = delta.pow(2).mean(1).sqrt()
-    return torch.maximum(rms_x, rms_d).max()
+
+    def norm(state: tuple[Tensor, Tensor]) -> Tensor:
+        x, delta = state
+        rms_x = x.flatten(1).pow(2).mean(1).sqrt() * x_weight
+        rms_d = delta.pow(2).mean(1).sqrt()
+        return torch.maximum(rms_x, rms_d).max()
+
+    return norm
 
 
 def log_likelihood(
@@ -156,6 +167,8 @@ def log_likelihood(
     divergence: str = "exact",
     probes: int = 1,
     dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = torch.float64,
+    error_control: str = "all",
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
@@ -166,6 +179,10 @@ def log_likelihood(
     """log p_eps(x) (nats) of each example through the probability-flow ODE, with its latent z = x(T).
 
         log p_eps(x) = log p_T(z) + int_eps^T div_x F(x(t), t) dt,   F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t)
+                     = log p_T(z) + D log(alpha(T) / alpha(eps)) - 1/2 int_eps^T g(t)^2 div_x s(x(t), t) dt
+
+    The linear drift's divergence D f(t) is integrated in closed form; the ODE carries only the score part (for
+    Hutchinson probes v the drift's share a |v|^2 is added in closed form too, see the comment in the code).
 
     Args:
         sde: the forward SDE the score belongs to.
@@ -176,7 +193,15 @@ def log_likelihood(
         eps: the start time; the result is the density of p_eps, the data perturbed by N(0, sigma(eps)^2).
         divergence: 'exact' (D VJPs, vmapped; fine for D up to a few thousand) or the Hutchinson estimators
             'rademacher' / 'gaussian' with ``probes`` probes per example.
-        dtype: compute dtype (default: that of ``x``); float64 needs a network that accepts float64.
+        dtype: the network's dtype (default: that of ``x``); float64 needs a network that accepts float64.
+        state_dtype: dtype of the ODE state (x, delta) and of the solver's arithmetic (default float64: the
+            accumulated log-density has no float32 rounding floor, and it costs nothing measurable next to the
+            network); None keeps the state in ``dtype``. The network always runs in ``dtype``.
+        error_control: what the step-size control holds to rtol/atol: 'all' (default) x and the log-density alike;
+            'log_p' the log-density, with x held to ``X_TOL_FACTOR`` (10) times looser tolerances. 'log_p' takes
+            fewer evaluations at a given tolerance but, measured against a float64 solution (benchmarks/RESULTS.md),
+            not at a given accuracy on networks: the reported log p includes log p_T(z), whose error is that of z
+            (d log p_T / dz = -z / sigma_T^2), so x matters as much as the divergence integral.
         generator: draws the per-example probe seeds when ``seeds`` is not given.
         seeds: per-example probe seeds [B] (int); the same seed gives the same probes whatever the batch. The CLI
             uses seed + dataset index.
@@ -221,10 +246,14 @@ def log_likelihood(
         raise ValueError(f"`probes` applies to Hutchinson estimators only; got probes={probes} with 'exact'.")
     if int(max_steps) != max_steps or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer; got {max_steps}.")
+    if error_control not in ERROR_CONTROLS:
+        raise ValueError(f"Invalid error_control {error_control!r}. Must be one of {ERROR_CONTROLS}.")
     dtype = x.dtype if dtype is None else dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64; got {dtype}.")
-    x = x.to(dtype)
+    for name, dt in (("dtype", dtype), ("state_dtype", state_dtype or dtype)):
+        if dt not in (torch.float32, torch.float64):
+            raise ValueError(f"`{name}` must be torch.float32 or torch.float64; got {dt}.")
+    state_dtype = state_dtype or dtype
+    x = x.to(dtype).to(state_dtype)
     bsz, sample_shape = x.shape[0], tuple(x.shape[1:])
 
     probe_tensor = None
@@ -237,19 +266,21 @@ def log_likelihood(
     settings = {
         "method": method, "rtol": rtol, "atol": atol, "eps": eps, "divergence": divergence, "probes": int(probes),
         "time_variable": time_variable, "dtype": str(dtype).replace("torch.", ""), "max_steps": int(max_steps),
+        "state_dtype": str(state_dtype).replace("torch.", ""), "error_control": error_control,
     }
-    flow = AugmentedFlow(sde, model, time_variable, (eps, sde.T), divergence, probe_tensor, callback)
+    flow = AugmentedFlow(sde, model, time_variable, (eps, sde.T), divergence, probe_tensor, callback, dtype)
     tau_span = flow.tau_span.to(x.device)
 
     n_probe = 1 if divergence == "exact" else int(probes)
-    state0 = (x, torch.zeros(bsz, n_probe, dtype=dtype, device=x.device))
+    state0 = (x, torch.zeros(bsz, n_probe, dtype=state_dtype, device=x.device))
+    x_weight = 1.0 / X_TOL_FACTOR if error_control == "log_p" else 1.0
     try:
         with torch.no_grad(), _frozen_parameters(model):
             xs, deltas = torchdiffeq.odeint(
                 flow, state0, tau_span, method=method, rtol=rtol, atol=atol,
                 # step_t: land exactly on T instead of stepping past it and interpolating back (the field beyond T
                 # is only a clamped continuation).
-                options={"max_num_steps": int(max_steps), "norm": _per_example_norm, "step_t": tau_span[1:]},
+                options={"max_num_steps": int(max_steps), "norm": _per_example_norm(x_weight), "step_t": tau_span[1:]},
             )
     except AssertionError as err:
         raise _solver_error(err, flow, settings) from err
@@ -260,14 +291,22 @@ def log_likelihood(
                 "Check that the data has the sample shape and dtype the network was built for."
             ) from err
         raise
-    z, probe_delta = xs[-1], deltas[-1]
+    # The linear drift's part of each probe's quadratic form, v^T (a I) v = a |v|^2, integrates in closed form to
+    # L |v|^2 with L = log(alpha(T)/alpha(eps)) (= L D for 'exact' and Rademacher probes, |v|^2 = D). Keeping |v|^2
+    # (Hutchinson on the whole field F, not on the score part alone) cancels the isotropic part of the score's
+    # Jacobian, ~ -I / sigma^2 near the data: for Gaussian probes the score-only estimate has 9x (quickstart UNet)
+    # to 53x (VP mixtures) the variance (benchmarks/bench_likelihood.py); it is free either way.
+    d = x[0].numel()
+    sq_norm = torch.full((1,), float(d), dtype=state_dtype, device=x.device) if probe_tensor is None else (
+        probe_tensor.to(state_dtype).flatten(2).pow(2).sum(2).T)  # [B, K]
+    z, probe_delta = xs[-1], deltas[-1] + flow.drift_log_det(d) / d * sq_norm
     prior = (prior_logp or sde.prior_logp)(z)
     if not isinstance(prior, Tensor) or prior.shape != (bsz,):
         raise ValueError(
             f"`prior_logp` must map z of shape {tuple(z.shape)} to a tensor of shape [B] = [{bsz}]; got "
             f"{getattr(prior, 'shape', type(prior).__name__)}."
         )
-    prior = prior.to(dtype)
+    prior = prior.to(state_dtype)
     delta = probe_delta.mean(1)
     if n_probe > 1:
         std_err = probe_delta.std(1) / math.sqrt(n_probe)
@@ -291,10 +330,19 @@ def log_likelihood(
 class BitsPerDimResult:
     """Result of ``bits_per_dim`` for B examples of discrete data with K levels per dimension.
 
+    Both bounds on -log2 P(k) / D are always computed from the same draws; ``bound`` picks which one ``bpd`` is.
+
     Attributes:
-        bpd: [B] bits per dimension, the mean over dequantisation draws.
-        std_err: [B] standard error of ``bpd``: over draws (std / sqrt(draws)) when draws >= 2, which includes the
+        bpd, std_err: [B] the bound chosen by ``bound`` and its standard error.
+        plain_bpd: [B] the mean over draws of the per-draw bpd (the uniform-dequantisation bound, its expectation does
+            not depend on the number of draws).
+        plain_std_err: [B] its standard error: over draws (std / sqrt(draws)) when draws >= 2, which includes the
             Hutchinson noise; with one draw the Hutchinson standard error (0 for 'exact', NaN for one probe).
+        importance_bpd: [B] the importance-weighted bound -(log (1/K) sum_j p_y(y_j)) / (D ln 2) (log-mean-exp over
+            the K draws); <= ``plain_bpd`` (Jensen), equal at K = 1, and tighter as K grows.
+        importance_std_err: [B] its standard error by the delta method, std_j(w_j) / (sqrt(K) mean_j(w_j)) / (D ln 2)
+            with w_j = p_y(y_j); at K = 1 it is ``plain_std_err``.
+        bound: 'plain' or 'importance'.
         log_p: [B] mean over draws of log p_x(x) in nats (model space).
         draw_bpd: [B, draws] bpd of each draw.
         nfe: network evaluations over all draws.
@@ -304,6 +352,11 @@ class BitsPerDimResult:
 
     bpd: Tensor
     std_err: Tensor
+    plain_bpd: Tensor
+    plain_std_err: Tensor
+    importance_bpd: Tensor
+    importance_std_err: Tensor
+    bound: str
     log_p: Tensor
     draw_bpd: Tensor
     nfe: int
@@ -323,6 +376,7 @@ def bits_per_dim(
     scale: float = 2.0,
     offset: float = -1.0,
     draws: int = 1,
+    bound: str = "plain",
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     **kwargs: object,
@@ -337,7 +391,14 @@ def bits_per_dim(
             tensor of the levels k in {0..K-1}.
         levels: K, the number of levels per dimension (17 for the 8x8 digits, 256 for 8-bit images).
         scale, offset: a and b of the model-space map x = a y + b (default [-1, 1]: a = 2, b = -1).
-        draws: dequantisation draws per example; several lower the variance and give a standard error.
+        draws: K, the dequantisation draws per example; several lower the variance and give a standard error.
+        bound: which bound ``bpd`` reports (both are always in the result): 'plain', the mean of the K per-draw bounds
+            E_u[-log2 p_y((k + u)/K_levels)] / D, or 'importance', the importance-weighted bound with the uniform
+            proposal (as evaluated in the Flow Matching paper, Lipman et al. 2023; docs/math.md section 9):
+                log P(k) >= E[ log (1/K) sum_j p_y((k + u_j) / K_levels) ],
+            tighter than the plain one for K > 1 and equal at K = 1. With a Hutchinson divergence each log p_y is
+            an unbiased estimate, so the log-mean-exp of estimates is biased upward (towards a lower bpd), by less
+            the more probes per draw; use several probes, or divergence='exact' where the bound must hold strictly.
         generator, seeds: per-example seeds [B] drive both the dequantisation noise and the probes of every draw,
             so results do not depend on the batch (``seeds`` default: drawn from ``generator``).
         **kwargs: passed to ``log_likelihood`` (method, rtol, atol, eps, divergence, probes, dtype, prior_logp, ...).
@@ -353,6 +414,8 @@ def bits_per_dim(
         raise ValueError(f"`levels` must be an integer K >= 2 (256 for 8-bit images); got {levels}.")
     if int(draws) != draws or draws < 1:
         raise ValueError(f"`draws` must be a positive integer; got {draws}.")
+    if bound not in BOUNDS:
+        raise ValueError(f"Invalid bound {bound!r}. Must be one of {BOUNDS} (the result holds both).")
     if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
         raise ValueError(f"`scale` must be positive and `offset` finite; got scale={scale}, offset={offset}.")
     levels, draws = int(levels), int(draws)
@@ -400,6 +463,15 @@ def bits_per_dim(
         std_err = draw_bpd.std(1) / math.sqrt(draws)
     else:
         std_err = results[0].std_err / (d * math.log(2))
+    # importance-weighted: -log2((1/K) sum_j p_j) / D + const, from the per-draw log p_j (nats)
+    log_pj = torch.stack([r.log_p.double() for r in results], 1)  # [B, K]
+    log_mean_p = torch.logsumexp(log_pj, 1) - math.log(draws)
+    iw = (-log_mean_p / (d * math.log(2)) + const).to(mean.dtype)
+    if draws > 1:
+        w = torch.exp(log_pj - log_pj.max(1, keepdim=True).values)
+        iw_err = (w.std(1) / (math.sqrt(draws) * w.mean(1)) / (d * math.log(2))).to(mean.dtype)
+    else:
+        iw_err = std_err
     if not torch.isfinite(mean).all():
         raise LikelihoodError("Non-finite bits/dim: the likelihood overflowed; check the data range and network.")
     if (draw_bpd < 0).any():
@@ -410,8 +482,11 @@ def bits_per_dim(
             "(e.g. data in [0, 1] declared as [-1, 1]), or the model was trained without dequantisation and "
             "concentrates mass on the bin values."
         )
+    chosen = (mean, std_err) if bound == "plain" else (iw, iw_err)
     return BitsPerDimResult(
-        bpd=mean, std_err=std_err, log_p=torch.stack([r.log_p for r in results], 1).mean(1), draw_bpd=draw_bpd,
+        bpd=chosen[0], std_err=chosen[1], plain_bpd=mean, plain_std_err=std_err, importance_bpd=iw,
+        importance_std_err=iw_err, bound=bound, log_p=torch.stack([r.log_p for r in results], 1).mean(1),
+        draw_bpd=draw_bpd,
         nfe=sum(r.nfe for r in results), levels=levels, scale=float(scale), offset=float(offset), draws=draws,
         results=tuple(results),
     )

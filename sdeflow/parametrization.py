@@ -14,7 +14,8 @@ quantities samplers need:
 
 The time label is explicit, never guessed: ``ContinuousTime`` (t itself), ``DDPMTimesteps`` (integer timestep
 i = t N - 1 of a network trained on the discrete DDPM schedule, like diffusers' UNet2DModel: abar_i ~ alpha(t)^2 at
-t = (i + 1) / N) or ``ScoreSDETime`` (score_sde's t (N - 1)).
+t = (i + 1) / N), ``ScoreSDETime`` (score_sde's t (N - 1)) or ``LogNoiseLevel`` (EDM's c_noise = log(sigma/alpha)/4,
+a smooth function of the noise level that means the same for every SDE; what the networks sdeflow trains use).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time
-from .sde import SDE
+from .sde import SDE, sde_from_config
 
 __all__ = [
     "output_conversion",
@@ -34,6 +35,7 @@ __all__ = [
     "ContinuousTime",
     "DDPMTimesteps",
     "ScoreSDETime",
+    "LogNoiseLevel",
     "TimeLabel",
     "as_score_model",
 ]
@@ -131,10 +133,48 @@ class ScoreSDETime(TimeLabel):
         return {"type": "ScoreSDETime", "N": self.N}
 
 
+class LogNoiseLevel(TimeLabel):
+    """label = c_noise(t) = log(sigma(t) / alpha(t)) / 4 = -lambda(t) / 4 (EDM's c_noise, Karras et al. 2022, Table 1,
+    with EDM's noise level sigma_EDM = sigma/alpha and lambda = log(alpha/sigma) the log-SNR of docs/math.md).
+
+    A smooth, monotone function of the noise level alone, so a network sees the same label at the same
+    signal-to-noise ratio whatever the SDE (VP, sub-VP, VE). Over [1e-5, 1] it spans about [-1.7, 1.3] for the
+    default VP SDE, [-3.5, 1.3] for sub-VP and [-2.2, 1.0] for VE, so a sinusoidal embedding with a small
+    ``label_scale`` (1 for the UNet: frequencies at most 1 per unit of c_noise, EDM's positional embedding) varies
+    slowly in t: an adaptive ODE solver is no longer forced into the short steps that the period ~0.006 of a 1000 t
+    embedding demands. Computed in float64 from the SDE's closed-form log-SNR; the network receives it in its own
+    dtype.
+    """
+
+    def __init__(self, sde: SDE) -> None:
+        if not isinstance(sde, SDE):
+            raise TypeError(
+                f"`sde` of LogNoiseLevel must be an sdeflow SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}. "
+                "Pass the SDE the network is trained with, e.g. LogNoiseLevel(VPSDE())."
+            )
+        self.sde = sde
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return -0.25 * self.sde.log_snr(t.double())
+
+    def config(self) -> dict:
+        return {"type": "LogNoiseLevel", "sde": self.sde.config()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LogNoiseLevel) and other.config() == self.config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        return f"LogNoiseLevel({self.sde!r})"
+
+
 _TIME_LABELS: dict[str, type[TimeLabel]] = {
     "ContinuousTime": ContinuousTime,
     "DDPMTimesteps": DDPMTimesteps,
     "ScoreSDETime": ScoreSDETime,
+    "LogNoiseLevel": LogNoiseLevel,
 }
 
 
@@ -143,6 +183,8 @@ def time_label_from_config(config: dict) -> TimeLabel:
     kind = config.pop("type", None)
     if kind not in _TIME_LABELS:
         raise ValueError(f"Unknown time label {kind!r}. Must be one of {sorted(_TIME_LABELS)}.")
+    if kind == "LogNoiseLevel":
+        return LogNoiseLevel(sde_from_config(config["sde"]))
     return _TIME_LABELS[kind](**config)
 
 

@@ -63,6 +63,22 @@ def test_discrete_array_gives_bits_per_dim(tmp_path: Path) -> None:
     assert all(float(r["bpd_std_err"]) > 0 for r in rows)
 
 
+def test_importance_bound_with_draws(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    levels = np.random.default_rng(1).integers(3, 6, size=(4, 2))
+    np.save(tmp_path / "codes.npy", levels)
+    out = tmp_path / "iw"
+    rc = main(["likelihood", *ORACLE, "--data", str(tmp_path / "codes.npy"), "--levels", "8", "--scale", "4",
+               "--offset", "-2", "--draws", "3", "--bound", "importance", "--out", str(out)])
+    assert rc == 0
+    rows = _rows(out)
+    summary = json.loads((out / "summary.json").read_text())
+    plain, iw = (np.array([float(r[f"{b}_bpd"]) for r in rows]) for b in ("plain", "importance"))
+    assert np.allclose([float(r["bpd"]) for r in rows], iw) and (iw <= plain + 1e-12).all()
+    assert summary["mean_importance_bpd"] == pytest.approx(iw.mean()) and summary["settings"]["bound"] == "importance"
+    assert all(float(r["importance_bpd_std_err"]) > 0 for r in rows)
+    assert "importance-weighted" in capsys.readouterr().out
+
+
 def test_checkpoint_run(tmp_path: Path) -> None:
     config = {"type": "mlp", "dim": 2, "width": 16, "depth": 1}
     torch.manual_seed(0)

@@ -75,3 +75,106 @@ def test_unet_exports_to_onnx_and_matches(tmp_path):
     with torch.no_grad():
         want = net(x5, t5).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+# --- noise-level conditioning (issue 12) -----------------------------------------------------------------------------
+def test_log_noise_level_label_is_c_noise_for_every_sde():
+    from sdeflow import VESDE, VPSDE, LogNoiseLevel, SubVPSDE
+    from sdeflow.parametrization import time_label_from_config
+
+    t = torch.tensor([1e-5, 0.01, 0.5, 1.0], dtype=torch.float64)
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        label = LogNoiseLevel(sde)
+        c = label(t)
+        expected = 0.25 * (sde.sigma(t).log() - sde.log_alpha(t))  # EDM: log(sigma / alpha) / 4
+        assert torch.allclose(c, expected, rtol=1e-12) and (c.diff() > 0).all()
+        assert time_label_from_config(label.config()) == label
+    # the same label at the same noise level, whatever the SDE: c_noise depends on sigma/alpha only
+    lam = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    vp, ve = VPSDE(), VESDE()
+    assert torch.allclose(LogNoiseLevel(vp)(vp.t_from_log_snr(lam)), LogNoiseLevel(ve)(ve.t_from_log_snr(lam)))
+    with pytest.raises(TypeError, match="`sde` of LogNoiseLevel must be an sdeflow SDE"):
+        LogNoiseLevel("vp")
+
+
+def test_noise_level_models_work_with_torch_func_and_export(tmp_path):
+    from sdeflow.export import export_ddim
+    from sdeflow.export import runtime as rt
+
+    from sdeflow import VPSDE, LogNoiseLevel, ScoreModel
+
+    torch.manual_seed(0)
+    sde = VPSDE()
+    model = ScoreModel(MLP(2, width=16, depth=1, label_scale=16.0), sde, "eps", LogNoiseLevel(sde))
+    x, t = torch.randn(3, 2), torch.full((3,), 0.3)
+    out, vjp = torch.func.vjp(lambda y: model.score(y, t), x)
+    v = torch.randn_like(out)
+    (grad,) = vjp(v)
+    with torch.enable_grad():
+        y = x.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(model.score(y, t), y, v)
+    assert torch.allclose(grad, ref)
+    grid = np.array([1.0, 0.4, 1e-3])
+    np.testing.assert_allclose(rt.time_labels(model.time_label.config(), grid),
+                               model.time_label(torch.from_numpy(grid)).numpy(), rtol=1e-12)
+    report = export_ddim(model, tmp_path / "m.onnx", steps=4, sample_shape=(2,), dynamic_steps=True,
+                         batch_sizes=(1, 3))
+    assert report.path.is_file()
+
+
+def test_old_checkpoints_load_and_evaluate_as_before(tmp_path):
+    """A checkpoint written before the conditioning option (label t, label_scale 1000, no 'conditioning' anywhere)
+    loads with its ContinuousTime label and gives the network's outputs bit for bit."""
+    import json
+
+    import sdeflow
+    from sdeflow import VPSDE, ContinuousTime
+
+    torch.manual_seed(0)
+    config = {"type": "unet", "image_size": 8, "in_channels": 1, "channels": 8, "mults": [1, 2]}
+    net = build_model(config)
+    torch.nn.init.normal_(net.out[-1].weight, std=0.1)
+    data = {"name": "digits", "levels": 17, "scale": 2.0, "offset": -1.0, "sample_shape": [1, 8, 8]}
+    path = sdeflow.save(tmp_path / "old", net, VPSDE(), "eps", ContinuousTime(), config, data)
+    stored = json.loads((path / "config.json").read_text())
+    assert stored["time_label"] == {"type": "ContinuousTime"} and "label_scale" not in stored["model"]
+    ck = sdeflow.load(path)
+    assert ck.score_model.time_label == ContinuousTime() and ck.net.embed[0].freqs.max() == pytest.approx(1000.0)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        assert torch.equal(ck.score_model.eps(x, t), net(x, t))
+
+
+def test_training_records_the_conditioning(tmp_path):
+    import sdeflow
+    from sdeflow import VPSDE, ContinuousTime, LogNoiseLevel, TrainConfig
+    from sdeflow.train import train
+
+    tiny = {"type": "mlp", "dim": 2, "width": 8, "depth": 1}
+    for cond, label, scale in (("noise_level", LogNoiseLevel(VPSDE()), 16.0), ("t", ContinuousTime(), None)):
+        cfg = TrainConfig(data="moons", model=tiny, steps=2, batch_size=8, warmup=1, eval_every=2, checkpoint_every=2,
+                          conditioning=cond)
+        assert cfg.time_label() == label
+        train(cfg, tmp_path / cond)
+        ck = sdeflow.load(tmp_path / cond)
+        assert ck.score_model.time_label == label and ck.config["model"].get("label_scale") == scale
+    with pytest.raises(ValueError, match=r"`conditioning` must be one of \('noise_level', 't'\); got 'sigma'"):
+        TrainConfig(conditioning="sigma")
+
+
+def test_runs_started_before_the_conditioning_option_resume_with_t(tmp_path):
+    import json
+
+    from sdeflow import TrainConfig
+    from sdeflow.train import train
+
+    tiny = {"type": "mlp", "dim": 2, "width": 8, "depth": 1, "label_scale": 1000.0}
+    kw = dict(data="moons", model=tiny, batch_size=8, warmup=1, eval_every=2, checkpoint_every=2, conditioning="t")
+    train(TrainConfig(steps=2, **kw), tmp_path / "run")
+    state = tmp_path / "run" / "train_state.json"
+    meta = json.loads(state.read_text())
+    del meta["config"]["conditioning"]  # what a run written before the option stored
+    state.write_text(json.dumps(meta))
+    assert train(TrainConfig(steps=4, **kw), tmp_path / "run", resume=True).steps == 4
+    with pytest.raises(ValueError, match=r"differs in \['conditioning'\]"):
+        train(TrainConfig(steps=6, **(kw | {"conditioning": "noise_level"})), tmp_path / "run", resume=True)

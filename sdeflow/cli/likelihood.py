@@ -7,7 +7,8 @@ per-example results equal those of a single-process run with the same --batch-si
 are seeded per example (seed, index). Rank 0 writes OUT/likelihood.csv, OUT/summary.json, OUT/likelihood.png (the
 per-example histogram with the mean and its standard error) and, for images, OUT/best_worst.png, atomically.
 
-CSV columns: index, bpd and bpd_std_err (discrete data; the mean over --draws and its standard error) or
+CSV columns: index, bpd and bpd_std_err (discrete data: the --bound chosen, by default the mean over --draws, and its
+standard error), plain_bpd, plain_bpd_std_err, importance_bpd and importance_bpd_std_err (both bounds, always), or
 log_p_std_err (continuous data), log_p (nats, mean over draws), nats_per_dim, prior_logp and delta_logp (first
 draw), nfe and n_steps (per draw), batch.
 """
@@ -56,9 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ode.add_argument("--eps", type=float, default=1e-5)
     ode.add_argument("--divergence", choices=["exact", "rademacher", "gaussian"], default="exact")
     ode.add_argument("--probes", type=int, default=1, help="Hutchinson probes per example")
-    ode.add_argument("--draws", type=int, default=1, help="dequantisation draws per example (discrete data)")
+    ode.add_argument("--draws", type=int, default=1, help="dequantisation draws K per example (discrete data)")
+    ode.add_argument(
+        "--bound", choices=["plain", "importance"], default="plain",
+        help="bits/dim reported as 'bpd': the mean over the K draws (plain, default) or the importance-weighted "
+        "bound -log2 mean_j p(y_j) / D (tighter for K > 1); both are written either way",
+    )
+    ode.add_argument(
+        "--error-control", choices=["all", "log_p"], default="all",
+        help="step-size control on x and the log-density alike (all, default) or on the log-density with x held 10x "
+        "looser (log_p: fewer evaluations at a tolerance, not at an accuracy)",
+    )
     ode.add_argument("--time-variable", choices=["t", "sigma_ratio", "log_snr"], default="t")
-    ode.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ode.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the network's dtype")
+    ode.add_argument(
+        "--state-dtype", choices=["float64", "float32"], default="float64",
+        help="dtype of the ODE state (x, log-density) (default float64; the network keeps --dtype)",
+    )
     ode.add_argument("--max-steps", type=int, default=10_000)
     run_g = p.add_argument_group("run")
     run_g.add_argument("--batch-size", type=int, default=64)
@@ -150,9 +165,11 @@ def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar,
         x = data.x[idx].to(device)
         if data.levels is not None:
             res = bits_per_dim(sde, score, x, levels=data.levels, scale=data.scale, offset=data.offset,
-                               draws=args.draws, seeds=seeds, **kwargs)
+                               draws=args.draws, bound=args.bound, seeds=seeds, **kwargs)
             lik = res.results[0]
-            cols = {"bpd": res.bpd, "bpd_std_err": res.std_err, "log_p": res.log_p}
+            cols = {"bpd": res.bpd, "bpd_std_err": res.std_err, "plain_bpd": res.plain_bpd,
+                    "plain_bpd_std_err": res.plain_std_err, "importance_bpd": res.importance_bpd,
+                    "importance_bpd_std_err": res.importance_std_err, "log_p": res.log_p}
             nfe, steps = res.nfe / args.draws, sum(r.n_steps for r in res.results) / args.draws
         else:
             lik = log_likelihood(sde, score, x, seeds=seeds, **kwargs)
@@ -198,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs = dict(
             method=args.method, rtol=args.rtol, atol=args.atol, eps=args.eps, divergence=args.divergence,
             probes=args.probes, dtype=dtype, time_variable=args.time_variable, max_steps=args.max_steps,
-            prior_logp=prior,
+            prior_logp=prior, state_dtype=getattr(torch, args.state_dtype), error_control=args.error_control,
         )
         if hasattr(score, "to"):
             score.to(ctx.device)
@@ -249,10 +266,14 @@ def run(args: argparse.Namespace) -> int:
         f"mean_{key}": float(vals.mean()),
         f"{key}_std_err": float(vals.std() / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"),
         "mean_log_p": float(sum(r["log_p"] for r in rows) / len(rows)),
+        **({f"mean_{b}_bpd": float(sum(r[f"{b}_bpd"] for r in rows) / len(rows)) for b in ("plain", "importance")}
+           if discrete else {}),
         "nfe_mean": sum(batch_nfe.values()) / len(batch_nfe),
         "nfe_max": max(batch_nfe.values()),
-        "settings": {**{k: v for k, v in kwargs.items() if k not in ("dtype", "prior_logp")}, "dtype": args.dtype,
-                     "draws": args.draws if discrete else None, "batch_size": args.batch_size, "seed": args.seed,
+        "settings": {**{k: v for k, v in kwargs.items() if k not in ("dtype", "prior_logp", "state_dtype")},
+                     "dtype": args.dtype, "state_dtype": args.state_dtype,
+                     "draws": args.draws if discrete else None, "bound": args.bound if discrete else None,
+                     "batch_size": args.batch_size, "seed": args.seed,
                      "world_size": ctx.world_size, "prior": args.prior},
         "status": "success",
     }
@@ -265,5 +286,8 @@ def run(args: argparse.Namespace) -> int:
     plots = save_likelihood_plots(out, vals, unit="bits/dim" if discrete else "nats/dim", images=images, data=data)
     print(f"{key}: {summary[f'mean_{key}']:.4f} +- {summary[f'{key}_std_err']:.4f} over {n} examples, "
           f"NFE mean {summary['nfe_mean']:.0f} max {summary['nfe_max']:.0f}")
+    if discrete and args.draws > 1:
+        print(f"bits/dim over {args.draws} draws: plain {summary['mean_plain_bpd']:.4f}, importance-weighted "
+              f"{summary['mean_importance_bpd']:.4f} (reported as bpd: {args.bound})")
     print(f"wrote {', '.join(str(p) for p in [out / 'likelihood.csv', out / 'summary.json', *plots])}")
     return 0

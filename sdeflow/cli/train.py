@@ -23,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sde", default="vp", help="vp, subvp or ve (default: vp)")
     p.add_argument("--prediction", default="eps", help="eps, x0, v or score (default: eps)")
     p.add_argument("--loss", default="dsm", help="dsm (continuous time) or ddpm (integer timesteps) (default: dsm)")
+    p.add_argument(
+        "--conditioning", default="noise_level",
+        help="dsm network label: noise_level (c_noise = log(sigma/alpha)/4, default) or t (label t, as before)",
+    )
     p.add_argument("--weighting", default="sigma2", help="dsm weighting: sigma2 or likelihood (default: sigma2)")
     p.add_argument("--importance-sampling", action="store_true", help="with --weighting likelihood: sample t by weight")
     p.add_argument("--model", default=None, help='network config as JSON, e.g. \'{"type": "unet", "channels": 32}\'')
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.")
     config = TrainConfig(
         data=args.data, levels=args.levels, scale=args.scale, offset=args.offset, sde=args.sde, model=model,
-        prediction=args.prediction, loss=args.loss,
+        prediction=args.prediction, loss=args.loss, conditioning=args.conditioning,
         weighting=args.weighting, importance_sampling=args.importance_sampling, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
