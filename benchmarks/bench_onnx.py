@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sdeflow import VPSDE, ScoreModel
 from sdeflow.export import OnnxSampler, export_ddim
 from sdeflow.export.graph import UnrolledDDIM
 from sdeflow.export.runtime import ddim_plan
-
-from sdeflow import VPSDE, ScoreModel
 from sdeflow.models import build_model, default_model_config
 from sdeflow.sampling import sample
 
@@ -124,7 +124,7 @@ def bench_cpu(kind: str, batches: tuple[int, ...], repeats: int, compile_: bool,
                     compiled(x)
                 print(f"  B={b}: torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
                 fns["torch.compile (fused loop)"] = partial(compiled, x)
-            except Exception as err:  # noqa: BLE001 - report and go on without it
+            except Exception as err:
                 print(f"  torch.compile failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
         rows += _rows(kind, b, fns, "torch eager (sdeflow.sample)", repeats)
     return rows

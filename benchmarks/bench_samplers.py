@@ -64,7 +64,7 @@ def main() -> int:
         g = torch.Generator().manual_seed(100 + i)
         gm = GaussianMixture.random(dim, 4, generator=g)
         model = gm.score_model(SDE)
-        x_T = torch.randn(N_TRAJ, dim, generator=g, dtype=torch.float64)  # noqa: N806
+        x_T = torch.randn(N_TRAJ, dim, generator=g, dtype=torch.float64)
         ref = sample(model, SDE, x_T, method="ode", solver="dopri5", eps=EPS, rtol=1e-10, atol=1e-10).samples
         cases.append((dim, model, x_T, ref))
     # per[(sampler, budget, grid)] = per-trajectory errors ||x - x_ref|| / sqrt(D), one tensor per mixture
@@ -72,7 +72,7 @@ def main() -> int:
     for name, (method, cost) in SAMPLERS.items():
         for budget in BUDGETS:
             for grid in GRIDS:
-                for dim, model, x_T, ref in cases:  # noqa: N806
+                for dim, model, x_T, ref in cases:
                     r = sample(model, SDE, x_T, method=method, steps=budget // cost, grid=grid, eps=EPS)
                     if r.nfe != budget:
                         raise RuntimeError(f"{name} made {r.nfe} evaluations for a budget of {budget}")

@@ -218,7 +218,7 @@ def compare(
             raise ValueError("With `model`, give `sample_shape` (e.g. checkpoint.sample_shape).")
         shape = tuple(sample_shape)
         dtype, tol = torch.float32, max(reference_tol, 1e-6)
-    x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)  # noqa: N806
+    x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)
     ref = sample(model, sde, x_T, sampler=ODESolver("dopri5", rtol=tol, atol=tol), eps=eps).samples
     exact = None
     rows: list[CompareRow] = []

@@ -149,7 +149,7 @@ class DDPMLoss:
     """
 
     def sample_timesteps(
-        self, n: int, N: int, generator: torch.Generator | None = None, device: torch.device | str | None = None  # noqa: N803
+        self, n: int, N: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
         """Draw n timesteps uniformly from {0..N-1} (int64 [n])."""
         return torch.randint(0, N, (n,), generator=generator, device=device)

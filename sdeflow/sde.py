@@ -47,7 +47,7 @@ class DiscreteSchedule:
     alphas_cumprod: Tensor
 
     @property
-    def N(self) -> int:  # noqa: N802 - the paper's symbol
+    def N(self) -> int:
         return int(self.betas.shape[0])
 
     @property
@@ -203,7 +203,7 @@ class VPSDE(_LinearBeta):
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -1/2 softplus(-2 lambda)
         return self._t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2 * lam))
 
-    def discrete(self, N: int = 1000) -> DiscreteSchedule:  # noqa: N803 - the paper's symbol
+    def discrete(self, N: int = 1000) -> DiscreteSchedule:
         """The discrete DDPM schedule with N steps: betas = linspace(beta_min/N, beta_max/N, N), in float64."""
         if int(N) != N or N < 2:
             raise ValueError(f"`N` must be an integer >= 2; got {N}.")

@@ -96,7 +96,7 @@ class TrainConfig:
     weighting: str = "sigma2"
     importance_sampling: bool = False
     eps: float = 1e-5
-    N: int = 1000  # noqa: N815 - the paper's symbol
+    N: int = 1000
     steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-3

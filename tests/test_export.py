@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from sdeflow.export import OnnxExportError, OnnxSampler, export_ddim
-from sdeflow.export.verify import relative_error
 from torch import nn
 
 from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
+from sdeflow.export import OnnxExportError, OnnxSampler, export_ddim
+from sdeflow.export.verify import relative_error
 from sdeflow.sampling import DEFAULT_GRIDS, sample
 
 S = 6  # steps: small graphs keep the tests fast; the contract does not depend on S
@@ -99,7 +99,7 @@ def test_eta_positive_parity_on_fresh_inputs(stochastic):
     model, report = stochastic
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     rng = np.random.default_rng(5)
-    x_T = rng.standard_normal((7, 2)).astype(np.float32)  # noqa: N806
+    x_T = rng.standard_normal((7, 2)).astype(np.float32)
     noise = rng.standard_normal((S, 7, 2)).astype(np.float32)
     ref = sample(model, model.sde, torch.from_numpy(x_T), steps=S, eta=0.5, noise=torch.from_numpy(noise)).samples
     assert relative_error(runner.run(x_T, noise), ref.numpy()) < 1e-5
@@ -120,7 +120,7 @@ def test_integer_timestep_ddpm_network(tmp_path):
     assert report.config["grid"] == "leading" and report.config["set_alpha_to_one"] is True
     assert report.config["label_dtype"] == "int64" and report.verified
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
-    x_T, noise = runner.draw(3, seed=4, steps=S)  # noqa: N806
+    x_T, noise = runner.draw(3, seed=4, steps=S)
     z = torch.from_numpy(noise)  # the graph takes S draws; sample() draws none on a last step to abar = 1
     ref = sample(model, model.sde, torch.from_numpy(x_T), steps=S, eta=1.0, noise=lambda k: z[k])
     assert ref.timesteps[:-1].tolist() == [(S - 1 - k) * (1000 // S) for k in range(S)]
@@ -135,7 +135,7 @@ def test_dynamic_steps_graph_runs_any_step_count(tmp_path):
     assert {i.name for i in proto.graph.input} == {"x_T", "timesteps", "coefficients", "noise"}
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     for steps in (3, 11):
-        x_T, noise = runner.draw(5, seed=1, steps=steps)  # noqa: N806
+        x_T, noise = runner.draw(5, seed=1, steps=steps)
         z = torch.from_numpy(noise)
         ref = sample(model, model.sde, torch.from_numpy(x_T), steps=steps, eta=0.3, noise=lambda k, z=z: z[k])
         assert relative_error(runner.run(x_T, noise, steps=steps), ref.samples.numpy()) < 1e-5
@@ -232,5 +232,5 @@ def test_traced_loop_fallback_gives_the_same_graph_output(tmp_path, monkeypatch)
     traced = export_ddim(model, tmp_path / "traced.onnx", steps=S, eta=0.5, sample_shape=(2,), batch_sizes=(7,))
     assert traced.verified and copied.verified
     a, b = (OnnxSampler(r.path, providers="cpu", threads=1) for r in (copied, traced))
-    x_T, noise = a.draw(7, seed=3, steps=S)  # noqa: N806
+    x_T, noise = a.draw(7, seed=3, steps=S)
     assert relative_error(a.run(x_T, noise), b.run(x_T, noise)) < 1e-6

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import OnnxSampler, export_ddim
-from sdeflow.export import runtime as rt
 
 from sdeflow import VESDE, VPSDE, DDPMTimesteps, ScoreModel, SubVPSDE
 from sdeflow.cli import main as cli_main
+from sdeflow.export import OnnxSampler, export_ddim
+from sdeflow.export import runtime as rt
 from sdeflow.models import MLP
 from sdeflow.sampling import time_grid
 
@@ -200,9 +200,8 @@ def test_auto_providers_falls_back_to_cpu_quietly(mlp_onnx, capfd):
 
 
 def test_quickstart_export_reports_parity_and_speed(tmp_path):
-    from sdeflow.export import quickstart_export
-
     from sdeflow import ContinuousTime
+    from sdeflow.export import quickstart_export
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
     out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1)

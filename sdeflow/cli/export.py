@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 HELP = "Export a checkpoint's DDIM sampler (network + fixed-step loop) to one ONNX file, verified in onnxruntime."
 
 

@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run_g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, dataset-like, prior, description)
+def _source(args: argparse.Namespace):
     import torch
 
     from .. import VESDE, VPSDE, GaussianMixture, SubVPSDE
@@ -150,7 +150,7 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
     return sde, gm.score_model(sde), data, prior, desc
 
 
-def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar, device) -> None:  # noqa: ANN001
+def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar, device) -> None:
     """Compute this rank's batches ``mine`` (fixed index ranges of size --batch-size) into ``rows``."""
     import math
 

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     )
     bar = _bar(args, args.steps, "train")
 
-    def on_step(event) -> None:  # noqa: ANN001
+    def on_step(event) -> None:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{event.loss:.3f}", refresh=False)
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bar(args: argparse.Namespace, total: int, desc: str):  # noqa: ANN202
+def _bar(args: argparse.Namespace, total: int, desc: str):
     if args.no_progress:
         return None
     from tqdm import tqdm
@@ -171,7 +171,7 @@ def _bar(args: argparse.Namespace, total: int, desc: str):  # noqa: ANN202
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
-def _bits_per_dim(model, sde, test_set, idx, args):  # noqa: ANN001, ANN202
+def _bits_per_dim(model, sde, test_set, idx, args):
     from ..likelihood import bits_per_dim
 
     bar = _bar(args, 100 * DRAWS, "bits/dim")
@@ -196,7 +196,7 @@ def _bits_per_dim(model, sde, test_set, idx, args):  # noqa: ANN001, ANN202
     return res
 
 
-def _sample_stats(x, test_set) -> dict:  # noqa: ANN001
+def _sample_stats(x, test_set) -> dict:
     """Pixel statistics of samples next to the test set's (in model space)."""
     flat, ref = x.flatten(1).double(), test_set.x.flatten(1).double()
     return {
@@ -205,7 +205,7 @@ def _sample_stats(x, test_set) -> dict:  # noqa: ANN001
     }
 
 
-def _plot_samples(path: Path, samples: dict, test_set, n: int) -> None:  # noqa: ANN001
+def _plot_samples(path: Path, samples: dict, test_set, n: int) -> None:
     """One panel per sampler and one of test digits, each an ``image_grid`` of its first ``n`` images."""
     from ..images import image_grid, new_figure, save_figure
 
@@ -220,7 +220,7 @@ def _plot_samples(path: Path, samples: dict, test_set, n: int) -> None:  # noqa:
     save_figure(fig, path)
 
 
-def _plot_loss(path: Path, result) -> None:  # noqa: ANN001
+def _plot_loss(path: Path, result) -> None:
     import numpy as np
 
     from ..images import new_figure, save_figure

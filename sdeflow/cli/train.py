@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     bar = None
     last_test: list[float] = []
 
-    def callback(event) -> None:  # noqa: ANN001
+    def callback(event) -> None:
         nonlocal bar
         if bar is None and rank0 and not args.no_progress:
             from tqdm import tqdm

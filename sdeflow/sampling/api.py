@@ -117,7 +117,7 @@ def network_labels(model: ScoreModel, tgrid: TimeGrid, points: Sequence[int]) ->
 def sample(
     model: ScoreModel | Callable[[Tensor, Tensor], Tensor],
     sde: SDE,
-    x_T: Tensor | None = None,  # noqa: N803
+    x_T: Tensor | None = None,
     *,
     sampler: Sampler | str = "ddim",
     method: str | None = None,
@@ -175,7 +175,7 @@ def sample(
     if not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps}. Use e.g. eps=1e-3.")
     model = as_score_model(model, sde)
-    x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)  # noqa: N806
+    x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)
     discrete_model = isinstance(model.time_label, DDPMTimesteps)
     seeds = per_sample_seeds(shape[0], seed, generator)
 
@@ -223,7 +223,7 @@ def sample(
         explicit=_check_noise(noise, max_draws, shape, plan is not None),
     )
     if x_T is None:
-        x_T = sde.prior_std * source.prior()  # noqa: N806
+        x_T = sde.prior_std * source.prior()
     x = x_T.to(device=device, dtype=dtype)
 
     counter = CountingNet(model.net)
@@ -297,7 +297,7 @@ def sample(
 
 def _check_start(
     model: ScoreModel,
-    x_T: Tensor | None,  # noqa: N803
+    x_T: Tensor | None,
     shape: Sequence[int] | None,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
@@ -316,7 +316,7 @@ def _check_start(
         if want is not None and shp[1:] != want:
             raise bad_value("shape", f"(B, {', '.join(map(str, want))}) to match the model", shape)
         return None, shp, dev or model_device or torch.device("cpu"), dtype or torch.float32
-    x_T = check_batch(x_T, "x_T", sample_shape=want)  # noqa: N806
+    x_T = check_batch(x_T, "x_T", sample_shape=want)
     return x_T, tuple(x_T.shape), dev or x_T.device, dtype or x_T.dtype
 
 

@@ -169,7 +169,7 @@ class GridBrownian(BaseBrownian):
         self._k = -1
         self._cache: tuple[Tensor, Tensor | None] | None = None
 
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803 - torchsde's names
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None:
             raise RuntimeError("GridBrownian answers interval queries bm(ta, tb) only.")
         ta, tb = float(ta), float(tb)
@@ -229,7 +229,7 @@ class _ReverseSDE(ReverseSDE):
 def solve_reverse_sde(
     score: ScoreModel,
     sde: SDE,
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     *,
     solver: str,
     eps: float,
@@ -275,7 +275,7 @@ def solve_reverse_sde(
 def solve_pf_ode(
     score: ScoreModel,
     sde: SDE,
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     *,
     solver: str,
     times: Tensor,
