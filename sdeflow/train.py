@@ -42,11 +42,10 @@ from .data import Dataset, load_dataset
 from .losses import DDPMLoss, DSMLoss
 from .models import build_model, default_model_config
 from .parametrization import PREDICTIONS, ContinuousTime, DDPMTimesteps, LogNoiseLevel, ScoreModel, TimeLabel
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .sde import SDE, SDES, make_sde
 
 __all__ = ["TrainConfig", "TrainEvent", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
 
-SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 LOSSES = ("dsm", "ddpm")
 CONDITIONINGS = ("noise_level", "t")
 # label_scale of the sinusoidal embedding of c_noise (its largest frequency per unit of c_noise), per network type.
@@ -60,13 +59,6 @@ STATE_WEIGHTS, STATE_JSON = ts.STATE_WEIGHTS, ts.STATE_JSON
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient became NaN or infinite; the run folder keeps the last good checkpoint."""
-
-
-def make_sde(name: str) -> SDE:
-    """The SDE with default parameters for the CLI name 'vp', 'subvp' or 've'."""
-    if name not in SDES:
-        raise ValueError(f"Invalid sde {name!r}. Must be one of {tuple(SDES)}.")
-    return SDES[name]()
 
 
 @dataclass(frozen=True)
