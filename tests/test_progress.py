@@ -27,4 +27,5 @@ def test_disabled_bar_writes_nothing() -> None:
 
 
 def test_fraction_is_clamped() -> None:
-    assert Progress("x", 3, 2).fraction == 1.0 and Progress("x", 0, 0).fraction == 1.0 and Progress("x", 1, 4).fraction == 0.25
+    assert Progress("x", 3, 2).fraction == 1.0 and Progress("x", 0, 0).fraction == 1.0
+    assert Progress("x", 1, 4).fraction == 0.25
