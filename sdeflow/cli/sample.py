@@ -14,6 +14,7 @@ import argparse
 import json
 
 from ._common import add_sampler_arguments, sampler_from_args
+from ._progress import ProgressBar
 
 HELP = "Draw samples with any sampler (ddim, dpmsolver++, unipc, deis, ipndm, heun, ddpm, pc, ode[:m], sde[:m])."
 
@@ -86,17 +87,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ctx = D.init_from_env(args.device)
     try:
-        bars: list = []
-
-        def progress(done: int, total: int) -> None:
-            if not bars:
-                from tqdm import tqdm
-
-                bars.append(
-                    tqdm(desc=f"sampling ({sampler.name}, rank 0 of {ctx.world_size})", unit="chunk", total=total)
-                )
-            bars[0].update(1)
-
+        bar = ProgressBar(f"sampling ({sampler.name}, rank 0 of {ctx.world_size})", "chunk",
+                          enabled=ctx.is_main and not args.no_progress)
         samples, summary = sample_many(
             model,
             sde,
@@ -105,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or min(args.n, 1024),
             seed=args.seed,
             ctx=ctx,
-            on_chunk=None if args.no_progress or not ctx.is_main else progress,
+            progress=bar,
             sampler=sampler,
             steps=args.steps,
             grid=grid,
@@ -113,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
             set_alpha_to_one=args.set_alpha_to_one,
             device=ctx.device,
         )
-        for bar in bars:
-            bar.close()
+        bar.close()
     finally:
         D.shutdown()
     if not ctx.is_main:

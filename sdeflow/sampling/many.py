@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed as D
+from ..progress import Progress
 from .api import sample
 
 __all__ = ["sample_many"]
@@ -30,14 +31,14 @@ def sample_many(
     batch_size: int = 256,
     seed: int = 0,
     ctx: D.DistContext | None = None,
-    on_chunk: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     **sample_kwargs: Any,
 ) -> tuple[Tensor | None, dict]:
     """Draw samples 0..n-1 (seed + i each) in chunks of ``batch_size``: this rank's chunks, gathered on rank 0.
 
     Returns (samples [n, *sample_shape] on rank 0, None elsewhere; a summary with ``nfe`` (all chunks), the status and
     the world size). ``sample_kwargs`` go to ``sdeflow.sample`` (sampler, steps, grid, options...).
-    ``on_chunk(done, total)`` reports progress (this rank's chunks)."""
+    ``progress`` gets ``Progress('sample', chunks done, chunks)`` (this rank's chunks)."""
     for name, value in (("n", n), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
@@ -51,8 +52,8 @@ def sample_many(
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
         r = sample(model, sde, shape=(hi - lo, *sample_shape), seed=[seed + i for i in range(lo, hi)], **sample_kwargs)
         parts.append((c, r.samples.cpu(), r.nfe, r.status))
-        if on_chunk is not None:
-            on_chunk(j + 1, len(mine))
+        if progress is not None:
+            progress(Progress("sample", j + 1, len(mine)))
     gathered = D.gather_objects(parts, ctx)
     if not ctx.is_main:
         return None, {}
