@@ -102,13 +102,14 @@ class CompareResult:
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """A log-log PNG of error against NFE, one line per solver (noise floors dashed)."""
-        import matplotlib
+        """A log-log picture (.png, .pdf or .svg) of error against NFE, one line per solver (noise floors dashed).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Drawn on a figure with its own Agg canvas (``sdeflow.images.new_figure``): pyplot's state and backend are
+        left alone."""
+        from .images import new_figure, save_figure
 
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig = new_figure(6.4, 4.4)
+        ax = fig.subplots()
         for name in self.orders:
             rows = [r for r in self.rows if r.solver == name and r.error > 0 and math.isfinite(r.error)]
             if not rows:
@@ -125,13 +126,7 @@ class CompareResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-
-        def write(tmp: Path) -> None:
-            fig.savefig(tmp, dpi=120, format="png")
-
-        out = atomic_write(path, write)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path)
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, n_proj: int = 64, generator: torch.Generator | None = None) -> float:

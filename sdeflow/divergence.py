@@ -163,6 +163,7 @@ class AugmentedFlow(nn.Module):
             self.lo, self.hi = lo / math.e, hi * math.e
         self.callback = callback
         self.nfe = 0
+        self.nonfinite = False  # set once the score returns NaN/inf (how a failed solve is told apart)
         self.n_accepted = 0
         self.n_rejected = 0
 
@@ -192,6 +193,8 @@ class AugmentedFlow(nn.Module):
         with torch.enable_grad():
             y = x.detach().to(net_dtype).requires_grad_(True)
             s = self.score.score(y, t_b)
+            if not self.nonfinite and not bool(torch.isfinite(s).all()):
+                self.nonfinite = True
             if self.divergence == "exact":
                 div_s = self._exact_divergence(s, y).unsqueeze(1)  # [B, 1]
             else:

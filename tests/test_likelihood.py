@@ -209,8 +209,14 @@ def test_solver_failures_raise_with_advice() -> None:
     def blows_up(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.where(t[:, None] > 0.3, torch.full_like(x, float("nan")), -x)
 
-    with pytest.raises(LikelihoodError, match="non-finite|underflowed"):
+    with pytest.raises(LikelihoodError, match="returned non-finite values"):
         log_likelihood(sde, blows_up, x)
+
+    def stiff(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # finite, but too steep for any step size
+        return -x * torch.exp(1e3 * (0.5 - t[:, None]).clamp(min=0)).clamp(max=1e30)
+
+    with pytest.raises(LikelihoodError, match="step size underflowed"):
+        log_likelihood(sde, stiff, x, max_steps=100_000)
 
 
 def test_negative_bits_per_dim_is_an_error() -> None:

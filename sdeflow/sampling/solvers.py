@@ -211,19 +211,30 @@ class GridBrownian(BaseBrownian):
 
 
 class _ReverseSDE(ReverseSDE):
-    """``ReverseSDE`` whose first drift call (torchsde's shape check in ``check_contract``) is answered without the
-    network, so NFE counts only integration steps. The SDE type is chosen per method (additive noise: same SDE)."""
+    """``ReverseSDE`` whose first drift evaluation is remembered until the next call.
+
+    torchsde's ``check_contract`` evaluates the drift once at (s0, y0) to check its shape, and most methods' first step
+    evaluates it again at the same point. The remembered value answers that repeat, so the solver always sees the
+    true drift and the network runs once per distinct point; a method whose first step evaluates elsewhere simply
+    leaves the shape check's evaluation counted (it was made). The SDE type is chosen per method (additive noise:
+    same SDE).
+    """
 
     def __init__(self, sde: SDE, score: ScoreModel, sample_shape: tuple[int, ...], sde_type: str) -> None:
         super().__init__(sde, score, sample_shape)
         self.sde_type = sde_type
-        self._checked = False
+        self._first: tuple[float, Tensor, Tensor] | None = None  # (s, y, drift) of the first call
+        self._calls = 0
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
-        if not self._checked:
-            self._checked = True
-            return torch.zeros_like(y)
-        return super().f(s, y)
+        self._calls += 1
+        first, self._first = self._first, None
+        if first is not None and first[1] is y and first[0] == float(s):
+            return first[2]
+        drift = super().f(s, y)
+        if self._calls == 1:
+            self._first = (float(s), y, drift)
+        return drift
 
 
 def solve_reverse_sde(
