@@ -33,6 +33,7 @@ from .oracle import GaussianMixture
 from .parametrization import ScoreModel
 from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
 from .sde import SDE, VPSDE
+from .status import Status
 
 __all__ = ["compare", "CompareResult", "CompareRow", "SOLVER_ALIASES", "sliced_wasserstein"]
 
@@ -61,7 +62,7 @@ class CompareRow:
     kind: str
     noise_floor: float | None
     wall_time: float
-    status: str
+    status: Status
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, draw_probes,
 from .parametrization import ScoreModel, as_score_model
 from .sampling.solvers import ADAPTIVE_ODE_SOLVERS
 from .sde import SDE
+from .status import Status
 
 __all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimResult", "bits_per_dim"]
 
@@ -72,7 +73,7 @@ class LikelihoodResult:
     nfe: int
     n_steps: int
     n_rejected: int
-    status: str
+    status: Status
     settings: dict
 
     @property

@@ -14,6 +14,7 @@ from torch import Tensor
 from .._validate import bad_value, check_batch, check_device, check_int, model_signature
 from ..parametrization import DDPMTimesteps, ScoreModel, as_score_model
 from ..sde import SDE
+from ..status import Status
 from .evaluate import CountingNet
 from .grids import Grid, TimeGrid, time_grid
 from .methods import GridSampler, Sampler
@@ -39,7 +40,7 @@ class SampleResult:
 
     samples: Tensor
     nfe: int
-    status: str
+    status: Status
     sampler: Sampler
     steps: int
     times: Tensor | None
@@ -274,7 +275,7 @@ def sample(
                 x = solve_pf_ode(
                     wrapped, sde, x, solver=smp.method, times=tgrid.t, rtol=rtol, atol=atol, options=smp.options
                 )
-    status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
+    status: Status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
     fixed = plan is not None or (isinstance(smp, ODESolver) and not smp.adaptive)
     n_steps = (
         tgrid.steps

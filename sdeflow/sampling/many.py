@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import distributed as D
 from ..progress import Progress
+from ..status import worst_status
 from .api import sample
 
 __all__ = ["sample_many"]
@@ -59,13 +60,12 @@ def sample_many(
         return None, {}
     flat = sorted((p for part in gathered for p in part), key=lambda p: p[0])  # type: ignore[union-attr]
     samples = torch.cat([p[1] for p in flat])
-    statuses = sorted({p[3] for p in flat})
     summary = {
         "n": n,
         "chunks": chunks,
         "batch_size": batch_size,
         "nfe": sum(p[2] for p in flat),
-        "status": "success" if statuses == ["success"] else "nonfinite",
+        "status": worst_status(p[3] for p in flat),
         "world_size": ctx.world_size,
     }
     return samples, summary
