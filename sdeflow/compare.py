@@ -216,7 +216,8 @@ def compare(
         dtype, tol = torch.float32, max(reference_tol, 1e-6)
     x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)
     ref = sample(model, sde, x_T, sampler=ODESolver("dopri5", rtol=tol, atol=tol), eps=eps).samples
-    exact = None
+    exact: Tensor | None = None
+    floor: float | None = None  # SW2 noise floor of the stochastic solvers' reference set
     rows: list[CompareRow] = []
     for name in solvers:
         smp = _resolve(name)
@@ -226,13 +227,15 @@ def compare(
                 f"Stochastic solver {name!r} needs the oracle's exact distribution; compare it on a mixture."
             )
         if stochastic and exact is None:
-            exact = mixture.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64)
+            assert mixture is not None  # checked just above
+            reference = mixture
+            exact = reference.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64)
             # the noise floor: SW2 between `exact` and independent exact sets, root-mean-square over 3 replicates
             floor = math.sqrt(
                 sum(
                     sliced_wasserstein(
                         exact,
-                        mixture.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64),
+                        reference.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(seed),
                     )
                     ** 2
@@ -256,6 +259,7 @@ def compare(
                     dtype=dtype,
                     **kwargs,
                 )
+                assert exact is not None  # drawn before the first stochastic solver
                 err = sliced_wasserstein(r.samples, exact, generator=torch.Generator().manual_seed(seed))
                 row = CompareRow(name, steps, r.nfe, err, err, "distribution", floor, r.wall_time, r.status)
             else:

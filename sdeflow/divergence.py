@@ -199,6 +199,7 @@ class AugmentedFlow(nn.Module):
                 div_s = self._exact_divergence(s, y).unsqueeze(1)  # [B, 1]
             else:
                 v = self.probes
+                assert v is not None  # drawn at construction for the Hutchinson divergences
                 if v.shape[0] == 1:
                     w = torch.autograd.grad(s, y, v[0])[0].unsqueeze(0)
                 else:  # K probes share the forward pass: one vmapped VJP

@@ -18,6 +18,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchdiffeq
@@ -383,7 +384,7 @@ def bits_per_dim(
     bound: str = "plain",
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> BitsPerDimResult:
     """Bits/dim of discrete data with uniform dequantisation (MATH.md section 5).
 

@@ -61,8 +61,8 @@ def checkpoint_dataset(
     name = data or ckpt.data_info.get("name")
     if not name:
         raise ValueError("The checkpoint does not name its data set; pass data= (CLI: --data).")
-    user = {k: v for k, v in (("levels", levels), ("scale", scale), ("offset", offset)) if v is not None}
-    dataset = load_dataset(name, split or ("test" if name in DATASETS else "train"), **user)
+    dataset = load_dataset(name, split or ("test" if name in DATASETS else "train"), levels=levels, scale=scale,
+                           offset=offset)
     if tuple(dataset.sample_shape) != tuple(ckpt.sample_shape):
         raise ValueError(
             f"The data {name!r} has samples of shape {tuple(dataset.sample_shape)} but the checkpoint's network was "
@@ -125,7 +125,8 @@ class DatasetLikelihood:
         text = json.dumps(json_safe(self.summary), indent=2, allow_nan=False)
         atomic_write(out / "summary.json", lambda p: p.write_text(text))
         shape = tuple(self.data.sample_shape)
-        images = self.data.x[[r["index"] for r in self.rows]] if is_image_shape(shape) else None
+        index = torch.tensor([int(r["index"]) for r in self.rows])
+        images = self.data.x[index] if is_image_shape(shape) else None
         unit = "bits/dim" if self.discrete else "nats/dim"
         plots = save_likelihood_plots(out, self.values, unit=unit, images=images, data=self.data)
         return [out / "likelihood.csv", out / "summary.json", *plots]

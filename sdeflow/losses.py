@@ -174,7 +174,7 @@ class DDPMLoss:
             )
         _check_x0(x0)
         _check_noise(noise, x0)
-        abar = model.sde.discrete(label.N).alphas_cumprod.to(x0.device)
+        abar = model.sde.discrete(label.N).alphas_cumprod.to(x0.device)  # pyright: ignore[reportAttributeAccessIssue]
         if timesteps is None:
             timesteps = self.sample_timesteps(x0.shape[0], label.N, generator, x0.device)
         elif timesteps.shape != (x0.shape[0],):

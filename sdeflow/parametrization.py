@@ -221,7 +221,7 @@ class ScoreModel(nn.Module):
             raise ValueError(f"`t_min` must lie in (0, T); got {t_min}.")
         self.net = net
         self.sde = sde
-        self.prediction = prediction
+        self.prediction: Prediction = prediction
         self.time_label = time_label if time_label is not None else ContinuousTime()
         self.t_min = float(t_min)
 

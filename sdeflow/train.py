@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -41,7 +42,15 @@ from . import train_state as ts
 from .data import Dataset, load_dataset
 from .losses import DDPMLoss, DSMLoss
 from .models import build_model, default_model_config
-from .parametrization import PREDICTIONS, ContinuousTime, DDPMTimesteps, LogNoiseLevel, ScoreModel, TimeLabel
+from .parametrization import (
+    PREDICTIONS,
+    ContinuousTime,
+    DDPMTimesteps,
+    LogNoiseLevel,
+    Prediction,
+    ScoreModel,
+    TimeLabel,
+)
 from .sde import SDE, SDES, make_sde
 
 __all__ = ["TrainConfig", "TrainEvent", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
@@ -82,10 +91,10 @@ class TrainConfig:
     offset: float | None = None
     sde: str = "vp"
     model: dict | None = None
-    prediction: str = "eps"
+    prediction: Prediction = "eps"
     loss: str = "dsm"
     conditioning: str = "noise_level"
-    weighting: str = "sigma2"
+    weighting: Literal["sigma2", "likelihood"] = "sigma2"
     importance_sampling: bool = False
     eps: float = 1e-5
     N: int = 1000
@@ -201,7 +210,7 @@ def _model_config(config: TrainConfig, data: Dataset) -> dict:
     if config.loss == "ddpm":
         model.setdefault("label_scale", 1.0)  # integer timesteps 0..N-1 are already on the sinusoid's scale
     elif config.conditioning == "noise_level":
-        model.setdefault("label_scale", NOISE_LEVEL_LABEL_SCALE.get(model.get("type"), 1.0))  # c_noise ~[-2, 1.3]
+        model.setdefault("label_scale", NOISE_LEVEL_LABEL_SCALE.get(str(model.get("type")), 1.0))  # c_noise ~[-2, 1.3]
     return model
 
 
@@ -268,7 +277,7 @@ def train(
     if world > 1 and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     out = V.check_output_dir(out, "out") if out is not None and rank == 0 else (Path(out) if out else None)
-    if resume and rank == 0 and not out.is_dir():
+    if resume and rank == 0 and (out is None or not out.is_dir()):
         raise FileNotFoundError(f"Cannot resume: {out} does not exist (start the run without resume).")
     data_args = {k: getattr(config, k) for k in ("levels", "scale", "offset") if getattr(config, k) is not None}
     data = load_dataset(config.data, "train", **data_args)
@@ -292,7 +301,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
            device: torch.device, rank: int, world: int, data: Dataset, test: Dataset | None, sde: SDE,
            model_config: dict, net: nn.Module) -> TrainResult:
     if len(data.sample_shape) == 3:  # images: channels-last convolutions are ~20% faster on CPU (oneDNN)
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]  (torch's stub omits it)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -318,6 +327,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
         extra = {"train": {"step": step, "world_size": world, "config": asdict(config)}}
         files = ckpt.checkpoint_files(ema, sde, config.prediction, time_label, model_config, data.info, extra=extra)
         files.update(ts.state_files(step, net, opt, gen, config, losses, test_losses))
+        assert out is not None  # only the writer saves
         run_folder.commit(out, files)
 
     if writer and start == 0:
@@ -380,6 +390,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
     except KeyboardInterrupt:
         if not writer:
             raise
+        assert out is not None  # only the writer gets here
         at = ts.folder_state(out).step
         raise KeyboardInterrupt(f"{out} keeps the checkpoint of step {at}; continue with resume=True (--resume)") \
             from None
@@ -415,7 +426,9 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     device = next(iter(model.net.parameters())).device if isinstance(model.net, nn.Module) else "cpu"
     x0 = test.dequantize(g, torch.arange(n)).to(device)
     if isinstance(loss_fn, DDPMLoss):
-        tt = loss_fn.sample_timesteps(n, model.time_label.N, g).to(device)
+        label = model.time_label
+        assert isinstance(label, DDPMTimesteps)  # DDPMLoss is built with DDPMTimesteps (TrainConfig.time_label)
+        tt = loss_fn.sample_timesteps(n, label.N, g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         return float(loss_fn(model, x0, timesteps=tt, noise=noise).mean())
     tt = loss_fn.sample_t(model.sde, n, g).to(device)
@@ -423,4 +436,4 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     return float(loss_fn(model, x0, t=tt, noise=noise).mean())
 
 
-test_loss.__test__ = False  # not a pytest test
+test_loss.__test__ = False  # pyright: ignore[reportFunctionMemberAccess]  (not a pytest test)

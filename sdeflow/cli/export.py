@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_ddim
+    from sdeflow.export import export_ddim
 
     report = export_ddim(
         args.checkpoint,

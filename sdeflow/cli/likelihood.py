@@ -133,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
     sde, score, data, prior, desc = _source(args)
-    if args.dtype == "float64" and isinstance(getattr(score, "net", None), torch.nn.Module):
-        score.net.double()  # the network computes in the solver's dtype
+    net = getattr(score, "net", None)
+    if args.dtype == "float64" and isinstance(net, torch.nn.Module):
+        net.double()  # the network computes in the solver's dtype
     ctx = D.init_from_env(args.device)
     try:
         if hasattr(score, "to"):

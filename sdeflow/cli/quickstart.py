@@ -29,11 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from sdeflow.export import quickstart_export
+
     from .. import quickstart as qs
     from .._utils import atomic_write
     from .._validate import json_safe
     from ..data import load_dataset
-    from ..export import quickstart_export
     from ._progress import ProgressBar
 
     if args.n_test < 2:

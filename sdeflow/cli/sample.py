@@ -70,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
         from ..checkpoint import load
 
         ckpt = load(args.checkpoint, map_location=args.device)
+        oracle = None
         model, sde, shape = ckpt.score_model, ckpt.sde, ckpt.sample_shape
         source = {"checkpoint": str(args.checkpoint), "data": ckpt.data_info}
     else:
         sde = VPSDE()
-        gm = GaussianMixture.random(
+        gm = oracle = GaussianMixture.random(
             args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
         )
         model, shape = gm.score_model(sde), (args.oracle_dim,)
@@ -112,11 +113,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     assert samples is not None
     out = Path(args.out)
-    beside = picture_extras(out, shape, data_info=source.get("data"), oracle=gm if args.checkpoint is None else None)
+    beside = picture_extras(out, shape, data_info=source.get("data"), oracle=oracle)
     save_samples(out, samples, scale=args.scale, **beside)
     meta = {
         "sampler": sampler.name,
-        "options": sampler.options(),
+        "options": sampler.config(),
         "steps": args.steps,
         "grid": None if grid is None else (grid if isinstance(grid, str) else grid.config()),
         "seed": args.seed,

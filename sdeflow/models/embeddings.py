@@ -31,6 +31,8 @@ class SinusoidalEmbedding(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
         self.register_buffer("freqs", freqs * float(label_scale), persistent=False)
 
+    freqs: Tensor  # a buffer
+
     def forward(self, label: Tensor) -> Tensor:
         arg = label.to(self.freqs.dtype)[:, None] * self.freqs[None]
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
@@ -46,6 +48,8 @@ class FourierEmbedding(nn.Module):
         g = torch.Generator().manual_seed(seed)
         w = torch.randn(dim // 2, generator=g) * scale
         self.register_buffer("W", 2 * math.pi * w * float(label_scale))
+
+    W: Tensor  # a buffer
 
     def forward(self, label: Tensor) -> Tensor:
         arg = label.to(self.W.dtype)[:, None] * self.W[None]

@@ -93,7 +93,7 @@ class ODESolver(Sampler):
     method: str = "dopri5"
     rtol: float | None = None
     atol: float | None = None
-    options: dict | None = None
+    options: dict | None = None  # torchdiffeq's options (Sampler.config() reports them)
     name: ClassVar[str] = "ode"
 
     def __post_init__(self) -> None:
@@ -182,9 +182,11 @@ class GridBrownian(BaseBrownian):
             self._k, self._cache = k, (w, hh)
         elif k != self._k:
             raise RuntimeError(f"GridBrownian: query [{ta}, {tb}] is off the fixed-dt grid (step {k}).")
+        assert self._cache is not None  # step k was drawn above
         w, hh = self._cache
         out = [w]
         if return_U:
+            assert hh is not None  # U is asked for by the methods that use space-time Levy area only
             out.append(h * (0.5 * w + hh))
         if return_A:
             out.append(torch.zeros(*self._shape, self._shape[1], dtype=w.dtype, device=w.device))
@@ -303,4 +305,5 @@ def solve_pf_ode(
         out = torchdiffeq.odeint(ode, x_T, t, method=solver, rtol=rtol, atol=atol, options=options)
     else:
         out = torchdiffeq.odeint(ode, x_T, t, method=solver, options=options)
+    assert isinstance(out, Tensor)  # a tensor state gives a tensor solution
     return out[-1]
