@@ -54,6 +54,8 @@ __all__ = [
     "calibration_reference",
     "endpoint_error",
     "grid_paths",
+    "tunable_sampler",
+    "steps_for_nfe",
 ]
 
 FORMAT = "sdeflow-grid/1"
@@ -250,10 +252,27 @@ class TuneResult:
         }
 
 
-def _steps_for(sampler: GridSampler, nfe: int, sde: SDE, prediction: str) -> int:
-    """The number of grid steps S with which ``sampler`` makes exactly ``nfe`` evaluations on a grid ending at eps."""
+def tunable_sampler(sampler: Sampler | str, **options: Any) -> GridSampler:
+    """The sampler object ``tune_grid`` tunes for: a deterministic fixed-grid sampler (name with options, or object)."""
+    from .names import make_sampler
+
+    smp = make_sampler(sampler, **options)
+    if not isinstance(smp, GridSampler) or not smp.is_deterministic():
+        raise ValueError(
+            f"tune_grid: `sampler` must be a deterministic fixed-grid sampler (ddim with eta=0, dpmsolver++, unipc, "
+            f"deis, ipndm, heun): the target is the endpoint error against the PF-ODE; got {smp!r}."
+        )
+    return smp
+
+
+def steps_for_nfe(sampler: GridSampler, nfe: int, sde: SDE, prediction: str = "score") -> int:
+    """The number of grid steps S with which ``sampler`` makes exactly ``nfe`` evaluations on a grid ending at eps
+    (S = nfe for the multistep samplers, nfe / 2 for Heun)."""
     from .grids import time_grid
 
+    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
+        raise ValueError(f"`nfe` must be an integer >= 1 (e.g. nfe=8); got {nfe!r}.")
+    nfe = int(nfe)
     made = {}
     for s in range(1, nfe + 1):
         n = sampler.plan(time_grid(sde, s, "uniform"), prediction, sde).nfe
@@ -319,17 +338,11 @@ def tune_grid(
     ``save_grid(path, result.grid, result.info())`` stores it.
     """
     from .api import sample
-    from .names import make_sampler
 
     t_start = time.perf_counter()
-    smp = make_sampler(sampler, **options)
-    if not isinstance(smp, GridSampler) or not smp.is_deterministic():
-        raise ValueError(
-            f"tune_grid: `sampler` must be a deterministic fixed-grid sampler (ddim with eta=0, dpmsolver++, unipc, "
-            f"deis, ipndm, heun): the target is the endpoint error against the PF-ODE; got {smp!r}."
-        )
-    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-        raise ValueError(f"`nfe` must be an integer >= 1 (e.g. nfe=8); got {nfe!r}.")
+    smp = tunable_sampler(sampler, **options)
+    score = as_score_model(model, sde)
+    steps = steps_for_nfe(smp, nfe, sde, score.prediction)
     nfe = int(nfe)
     if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 0:
         raise ValueError(f"`max_evals` must be an integer >= 0 (0: no refinement runs); got {max_evals!r}.")
@@ -338,7 +351,6 @@ def tune_grid(
             "tune_grid needs the calibration batch: give `x_T_calibration` (a tensor [B, *sample_shape]) or "
             "`reference` (from calibration_reference), exactly one of them."
         )
-    score = as_score_model(model, sde)
     if reference is None:
         reference = calibration_reference(
             score, sde, x_T_calibration, eps=1e-3 if eps is None else eps, candidates=candidates, rtol=reference_tol
@@ -351,7 +363,6 @@ def tune_grid(
         if reference.sde_config and reference.sde_config != sde.config():
             raise ValueError(f"`reference` was computed for {reference.sde_config}, not for {sde.config()}.")
     eps_ = reference.eps
-    steps = _steps_for(smp, nfe, sde, score.prediction)
     k = reference.times.shape[0]
     if k - 1 < steps:
         raise ValueError(f"`candidates` ({k}) must exceed the steps ({steps}); use e.g. candidates=128.")
