@@ -76,7 +76,10 @@ SAMPLERS = {
 }
 TUNED = ("UniPC-3 bh2", "DPM-Solver++(3M)", "iPNDM-4")
 DIFFUSERS = {
-    "UniPC-3 bh2": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh2", "final_sigmas_type": "sigma_min"}),
+    "UniPC-3 bh2": (
+        "UniPCMultistepScheduler",
+        {"solver_order": 3, "solver_type": "bh2", "final_sigmas_type": "sigma_min"},
+    ),
     "DEIS-3": ("DEISMultistepScheduler", {"solver_order": 3}),
     "DPM-Solver++(3M)": ("DPMSolverMultistepScheduler", {"solver_order": 3, "final_sigmas_type": "sigma_min"}),
 }
@@ -108,7 +111,7 @@ def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tens
     if float(sch.sigmas[nfe - 1]) == float(sch.sigmas[nfe]):  # sigma_min repeated: set up S + 1, run S (docstring)
         sch = getattr(diffusers, cls_name)(num_train_timesteps=N_TRAIN, trained_betas=trained_betas(), **kw, **grid_kw)
         sch.set_timesteps(nfe + 1)
-        sch.timesteps = sch.timesteps[:nfe]  # S steps: the lower-order final steps then fall where a real S-step run has them
+        sch.timesteps = sch.timesteps[:nfe]  # S steps: lower-order final steps fall where an S-step run has them
         sch.num_inference_steps = nfe
     sigma_min = math.sqrt((1 - float(sch.alphas_cumprod[0])) / float(sch.alphas_cumprod[0]))
     if abs(float(sch.sigmas[nfe]) / sigma_min - 1) > 1e-4:
@@ -137,7 +140,8 @@ def main() -> int:
                 if name == "Heun" and nfe % 2:
                     continue
                 for grid in GRIDS:
-                    r = sample(model, SDE, x_T, sampler=smp, grid=grid, steps=nfe // (2 if name == "Heun" else 1), eps=EPS)
+                    steps = nfe // (2 if name == "Heun" else 1)
+                    r = sample(model, SDE, x_T, sampler=smp, grid=grid, steps=steps, eps=EPS)
                     assert r.nfe == nfe, (name, grid, nfe, r.nfe)
                     err.setdefault(("sdeflow", name, grid, nfe), []).append(error(r.samples, ref))
         for name, (cls_name, kw) in DIFFUSERS.items():
@@ -247,7 +251,8 @@ def write_results(text: str, elapsed: float) -> None:
     head, rest = doc.split(begin, 1)
     _, tail = rest.split(end, 1)
     body = (
-        f"{begin}\nMachine: 2 shared CPU cores, torch 2.13 CPU, one torch thread; diffusers 0.42.1; {elapsed / 60:.0f} min. "
+        f"{begin}\nMachine: 2 shared CPU cores, torch 2.13 CPU, one torch thread; diffusers 0.42.1; "
+        f"{elapsed / 60:.0f} min. "
         "Errors are deterministic (fixed seeds), so re-runs print the same numbers. Problem, diffusers set-up and "
         "tuning protocol: the script's docstring.\n\n" + text + end
     )
@@ -264,12 +269,15 @@ def plot(rows: list, cal: dict) -> None:
     shown = ["DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "DEIS-3", "iPNDM-4", "Heun"]
     for name in shown:
         pts = [(nfe, row[f"sdeflow:{name}"][0]) for nfe, row in rows if f"sdeflow:{name}" in row]
-        ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=f"sdeflow {name}")
+        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, label=f"sdeflow {name}")
     for name in DIFFUSERS:
         pts = [(nfe, row[f"diffusers:{name}"][0]) for nfe, row in rows]
-        ax.plot(*zip(*pts), ls="--", marker="x", ms=4, lw=1.0, color="0.45", alpha=0.9, label=f"diffusers {name}")
+        ax.plot(
+            *zip(*pts, strict=True), ls="--", marker="x", ms=4, lw=1.0, color="0.45", alpha=0.9,
+            label=f"diffusers {name}",
+        )
     pts = [(nfe, row[f"tuned:{min(TUNED, key=lambda n: gmean(cal[(n, nfe)]))}"][0]) for nfe, row in rows]
-    ax.plot(*zip(*pts), color="black", lw=2.2, marker="s", ms=4, label="sdeflow, tuned grid (held-out x_T)")
+    ax.plot(*zip(*pts, strict=True), color="black", lw=2.2, marker="s", ms=4, label="sdeflow, tuned grid (held-out)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(list(NFES))

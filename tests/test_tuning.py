@@ -62,7 +62,7 @@ def test_dynamic_programming_finds_the_cheapest_path():
     path = _dp_path(cost, steps)
     brute = min(
         ((0, *mid, k - 1) for mid in itertools.combinations(range(1, k - 1), steps - 1)),
-        key=lambda p: sum(float(cost[a, b]) for a, b in zip(p, p[1:])),
+        key=lambda p: sum(float(cost[a, b]) for a, b in itertools.pairwise(p)),
     )
     assert tuple(path) == brute
 

@@ -20,7 +20,8 @@ def _nfes(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--nfe must be comma-separated integers, e.g. 5,6,8,10; got {text!r}") from None
+        msg = f"--nfe must be comma-separated integers, e.g. 5,6,8,10; got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--nfe must list budgets >= 1, e.g. 5,6,8,10; got {text!r}")
     return sorted(set(values))
@@ -63,7 +64,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import VPSDE, GaussianMixture
-    from ..sampling.tuning import calibration_reference, grid_paths, save_grid, steps_for_nfe, tunable_sampler, tune_grid
+    from ..sampling.tuning import (
+        calibration_reference,
+        grid_paths,
+        save_grid,
+        steps_for_nfe,
+        tunable_sampler,
+        tune_grid,
+    )
     from ._common import sampler_from_args
 
     if (args.checkpoint is None) == (args.oracle_dim is None):

@@ -8,7 +8,8 @@ ODE (torchdiffeq dopri5 at a tight tolerance) on a calibration batch, in two sta
    c_0 = T > c_1 > ... > c_{K-1} = eps, uniform in lambda = log(alpha/sigma), the reference trajectories
    x_ref(c_i) are solved once; the cost of jumping c_i -> c_j in one step is the local error of a DDIM (first-order
    exponential integrator) step started on the reference,
-       C_ij = mean_b || alpha_j x0_hat(x_ref,b(c_i), c_i) + sigma_j eps_hat(x_ref,b(c_i), c_i) - x_ref,b(c_j) || / sqrt(d),
+       C_ij = mean_b || alpha_j x0_hat(y_b, c_i) + sigma_j eps_hat(y_b, c_i) - x_ref,b(c_j) || / sqrt(d),
+   with y_b = x_ref,b(c_i),
    and the S-step path c_0 -> ... -> c_{K-1} of least total cost sum_k C_{i_k i_{k+1}} is found exactly,
        V_s(j) = min_{i < j} V_{s-1}(i) + C_ij,  V_0 = [0, inf, ..., inf],  path = argmin chain of V_S(K - 1).
 2. Refinement on the actual objective: starting from the best of that path and the built-in grids (uniform,
@@ -97,7 +98,7 @@ def load_grid(path: str | Path) -> Times:
     times = doc["times"]
     if len(times) < 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times):
         raise ValueError(f"grid file {str(p)!r}: \"times\" must be a list of at least 2 numbers; got {times[:8]!r}.")
-    if any(b >= a for a, b in zip(times, times[1:])):
+    if any(b >= a for a, b in zip(times, times[1:], strict=False)):
         raise ValueError(f"grid file {str(p)!r}: \"times\" must be strictly decreasing; got {times[:8]!r}.")
     return Times(tuple(float(t) for t in times), source=str(p))
 
@@ -248,7 +249,7 @@ class TuneResult:
             "start": self.start,
             "evaluations": self.evaluations,
             "reference": {"solver": "dopri5", "rtol": self.reference_tol, "atol": self.reference_tol},
-            "method": "GITS dynamic programming on DDIM jump costs, then compass search on the sampler's endpoint error",
+            "method": "GITS dynamic programming on DDIM jump costs, then compass search on the endpoint error",
         }
 
 
