@@ -67,14 +67,17 @@ SAMPLERS = {
     "DDIM": DDIM(),
     "DPM-Solver++(2M)": DPMSolverPP(order=2),
     "DPM-Solver++(3M)": DPMSolverPP(order=3),
+    "DPM-Solver++(3M) diffusers weight": DPMSolverPP(order=3, diffusers_3m=True),
     "UniPC-2 bh2": UniPC(order=2, variant="bh2"),
     "UniPC-3 bh2": UniPC(order=3, variant="bh2"),
     "UniPC-3 bh1": UniPC(order=3, variant="bh1"),
     "DEIS-3": DEIS(order=3),
+    "iPNDM-2": IPNDM(order=2),
+    "iPNDM-3": IPNDM(order=3),
     "iPNDM-4": IPNDM(order=4),
     "Heun": Heun(),
 }
-TUNED = ("UniPC-3 bh2", "DPM-Solver++(3M)", "iPNDM-4")
+TUNED = ("UniPC-3 bh2", "iPNDM-3", "iPNDM-4")
 DIFFUSERS = {
     "UniPC-3 bh2": (
         "UniPCMultistepScheduler",
@@ -92,7 +95,7 @@ def gmean(v: list[float]) -> float:
 
 
 def error(x: torch.Tensor, ref: torch.Tensor) -> float:
-    return float(((x - ref).norm(dim=1) / math.sqrt(x.shape[1])).mean())
+    return float(((x - ref).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())).mean())
 
 
 def trained_betas() -> list[float]:
@@ -124,47 +127,47 @@ def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tens
     return x
 
 
-def main() -> int:
-    t0 = time.perf_counter()
-    # err[(side, name, grid, nfe)] = [mean error on each mixture]; side in sdeflow / diffusers / tuned (grid '-')
-    err: dict[tuple[str, str, str, int], list[float]] = {}
-    cal: dict[tuple[str, int], list[float]] = {}
-    for i, dim in enumerate(DIMS):
-        gm = GaussianMixture.random(dim, 4, generator=torch.Generator().manual_seed(100 + i))
-        model = gm.score_model(SDE)
-        x_T = torch.randn(N_HELD, dim, generator=torch.Generator().manual_seed(1000 + i), dtype=torch.float64)  # noqa: N806
-        x_cal = torch.randn(N_CAL, dim, generator=torch.Generator().manual_seed(2000 + i), dtype=torch.float64)
-        ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-10, atol=1e-10), eps=EPS).samples
-        for name, smp in SAMPLERS.items():
-            for nfe in NFES:
-                if name == "Heun" and nfe % 2:
-                    continue
-                for grid in GRIDS:
-                    steps = nfe // (2 if name == "Heun" else 1)
-                    r = sample(model, SDE, x_T, sampler=smp, grid=grid, steps=steps, eps=EPS)
-                    assert r.nfe == nfe, (name, grid, nfe, r.nfe)
-                    err.setdefault(("sdeflow", name, grid, nfe), []).append(error(r.samples, ref))
-        for name, (cls_name, kw) in DIFFUSERS.items():
-            for nfe in NFES:
-                for grid, grid_kw in DIFFUSERS_GRIDS.items():
+def run_problem(
+    model, x_T: torch.Tensor, x_cal: torch.Tensor, ref: torch.Tensor, err: dict, cal: dict, **tune: int  # noqa: N803
+) -> None:
+    """Every sampler on every grid, diffusers, and the tuned grids on one problem; appends to ``err`` / ``cal``."""
+    for name, smp in SAMPLERS.items():
+        for nfe in NFES:
+            if name == "Heun" and nfe % 2:
+                continue
+            for grid in GRIDS:
+                steps = nfe // (2 if name == "Heun" else 1)
+                r = sample(model, SDE, x_T, sampler=smp, grid=grid, steps=steps, eps=EPS)
+                assert r.nfe == nfe, (name, grid, nfe, r.nfe)
+                err.setdefault(("sdeflow", name, grid, nfe), []).append(error(r.samples, ref))
+    for name, (cls_name, kw) in DIFFUSERS.items():
+        for nfe in NFES:
+            for grid, grid_kw in DIFFUSERS_GRIDS.items():
+                with torch.no_grad():
                     x = run_diffusers(cls_name, kw, grid_kw, model, x_T, nfe)
-                    err.setdefault(("diffusers", name, grid, nfe), []).append(error(x, ref))
-        reference = calibration_reference(model, SDE, x_cal, eps=EPS)
-        for name in TUNED:
-            for nfe in NFES:
-                res = tune_grid(model, SDE, SAMPLERS[name], nfe, reference=reference)
-                r = sample(model, SDE, x_T, sampler=SAMPLERS[name], grid=res.grid)
-                assert r.nfe == nfe
-                err.setdefault(("tuned", name, "-", nfe), []).append(error(r.samples, ref))
-                cal.setdefault((name, nfe), []).append(res.error)
-        print(f"D = {dim:>2} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+                err.setdefault(("diffusers", name, grid, nfe), []).append(error(x, ref))
+    rtol, candidates = tune.pop("rtol"), tune.pop("candidates")
+    reference = calibration_reference(model, SDE, x_cal, eps=EPS, rtol=rtol, candidates=candidates)
+    for name in TUNED:
+        for nfe in NFES:
+            res = tune_grid(model, SDE, SAMPLERS[name], nfe, reference=reference, **tune)
+            r = sample(model, SDE, x_T, sampler=SAMPLERS[name], grid=res.grid)
+            assert r.nfe == nfe
+            err.setdefault(("tuned", name, "-", nfe), []).append(error(r.samples, ref))
+            cal.setdefault((name, nfe), []).append(res.error)
+
+
+def report(err: dict, cal: dict, problems: list[str]) -> tuple[str, bool, list]:
+    """The markdown tables (summary with the targets, every sampler on its best grid, per problem, every grid)."""
 
     def best_grid(side: str, name: str, nfe: int) -> str | None:
         keys = [k for k in err if k[:2] == (side, name) and k[3] == nfe]
         return min(keys, key=lambda k: gmean(err[k]))[2] if keys else None
 
+    def tuned_choice(nfe: int) -> str:
+        return min(TUNED, key=lambda n: gmean(cal[(n, nfe)]))
+
     rows = []  # (nfe, {label: (gmean, grid)})
-    out = io.StringIO()
     for nfe in NFES:
         row: dict[str, tuple[float, str]] = {}
         for side, names in (("sdeflow", SAMPLERS), ("diffusers", DIFFUSERS), ("tuned", TUNED)):
@@ -172,6 +175,7 @@ def main() -> int:
                 g = best_grid(side, name, nfe)
                 if g is not None:
                     row[f"{side}:{name}"] = (gmean(err[(side, name, g, nfe)]), g)
+        row["tuned"] = (row[f"tuned:{tuned_choice(nfe)}"][0], tuned_choice(nfe))
         rows.append((nfe, row))
 
     def best_of(row: dict, side: str) -> tuple[str, float, str]:
@@ -180,33 +184,38 @@ def main() -> int:
 
     ok = True
     summary = [
-        "| NFE | sdeflow best, built-in grid | diffusers best | diffusers / sdeflow | tuned (chosen on calibration) "
-        "| diffusers / tuned |",
+        "| NFE | sdeflow best, built-in grid | diffusers best | diffusers / sdeflow | tuned grid (sampler chosen on "
+        "calibration) | diffusers / tuned |",
         "|---|---|---|---|---|---|",
     ]
     for nfe, row in rows:
         s_name, s_err, s_grid = best_of(row, "sdeflow")
         d_name, d_err, d_grid = best_of(row, "diffusers")
-        t_name = min(TUNED, key=lambda n: gmean(cal[(n, nfe)]))
-        t_err = row[f"tuned:{t_name}"][0]
+        t_err, t_name = row["tuned"]
         met_b, met_t = d_err / s_err >= 1.0, nfe > 10 or d_err / t_err >= TARGET_TUNED
         ok = ok and met_b and met_t
         summary.append(
             f"| {nfe} | {s_err:.2e} {s_name} @ {s_grid} | {d_err:.2e} {d_name} @ {d_grid} | "
-            f"**{d_err / s_err:.2f}x**{'' if met_b else ' (target >= 1)'} | {t_err:.2e} {t_name} | "
-            f"**{d_err / t_err:.2f}x**{'' if met_t else f' (target >= {TARGET_TUNED})'} |"
+            f"**{d_err / s_err:.2f}x**{'' if met_b else ' (target >= 1: NOT met)'} | {t_err:.2e} {t_name} | "
+            f"**{d_err / t_err:.2f}x**{'' if met_t else f' (target >= {TARGET_TUNED}: NOT met)'} |"
         )
     labels = [f"sdeflow:{n}" for n in SAMPLERS] + [f"diffusers:{n}" for n in DIFFUSERS] + [f"tuned:{n}" for n in TUNED]
-    table = [
-        "| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
-        "|---|" + "---|" * len(NFES),
-    ]
+    table = ["| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---|" + "---|" * len(NFES)]
     for lab in labels:
         side, name = lab.split(":", 1)
-        cells = []
-        for _, row in rows:
-            cells.append(f"{row[lab][0]:.2e} {row[lab][1]}" if lab in row else "-")
+        cells = [
+            "-" if lab not in row else f"{row[lab][0]:.2e}" + ("" if side == "tuned" else f" {row[lab][1]}")
+            for _, row in rows
+        ]
         table.append(f"| {side}: {name} | " + " | ".join(cells) + " |")
+    # the grid each sampler does best on over all budgets: geometric mean over every NFE and problem
+    recommended = []
+    for name in SAMPLERS:
+        scores = {
+            g: gmean([e for nfe in NFES for e in err.get(("sdeflow", name, g, nfe), [])]) for g in GRIDS
+        }
+        best = min(scores, key=lambda g: scores[g])
+        recommended.append(f"  {name:<34} {best:<9} (" + ", ".join(f"{g} {v:.2e}" for g, v in scores.items()) + ")")
     per_grid = []
     for side, names in (("sdeflow", SAMPLERS), ("diffusers", DIFFUSERS)):
         for name in names:
@@ -214,37 +223,88 @@ def main() -> int:
                 keys = [k for k in err if k[:2] == (side, name) and k[3] == nfe]
                 if keys:
                     per_grid.append(
-                        f"  {side:<9} {name:<17} NFE {nfe:>2}: "
+                        f"  {side:<9} {name:<34} NFE {nfe:>2}: "
                         + ", ".join(f"{k[2]} {gmean(err[k]):.2e}" for k in keys)
                     )
-    per_mixture = ["| D | NFE | sdeflow best (built-in) | diffusers best | tuned |", "|---|---|---|---|---|"]
+    per_problem = ["| problem | NFE | sdeflow best (built-in) | diffusers best | tuned |", "|---|---|---|---|---|"]
     for nfe, row in rows:
         s_name, _, s_grid = best_of(row, "sdeflow")
         d_name, _, d_grid = best_of(row, "diffusers")
-        t_name = min(TUNED, key=lambda n: gmean(cal[(n, nfe)]))
-        for k, dim in enumerate(DIMS):
-            per_mixture.append(
-                f"| {dim} | {nfe} | {err[('sdeflow', s_name, s_grid, nfe)][k]:.2e} | "
+        t_name = row["tuned"][1]
+        for k, problem in enumerate(problems):
+            per_problem.append(
+                f"| {problem} | {nfe} | {err[('sdeflow', s_name, s_grid, nfe)][k]:.2e} | "
                 f"{err[('diffusers', d_name, d_grid, nfe)][k]:.2e} | {err[('tuned', t_name, '-', nfe)][k]:.2e} |"
             )
-    elapsed = time.perf_counter() - t0
+    out = io.StringIO()
     print("\n".join(summary), file=out)
-    print("\nEvery sampler on its best grid (geometric-mean error over the six mixtures, grid):\n", file=out)
+    print(f"\nEvery sampler on its best grid (geometric-mean error over {len(problems)} problem(s), grid):\n", file=out)
     print("\n".join(table), file=out)
-    print("\nPer mixture (each on the grid chosen above):\n", file=out)
-    print("\n".join(per_mixture), file=out)
+    if len(problems) > 1:
+        print("\nPer problem (each on the grid chosen above):\n", file=out)
+        print("\n".join(per_problem), file=out)
+    print(
+        "\nRecommended grid per sampler (lowest geometric-mean error over every NFE 5-20 and problem):\n\n```\n"
+        + "\n".join(recommended) + "\n```",
+        file=out,
+    )
     print("\nEvery grid (geometric-mean error):\n\n```\n" + "\n".join(per_grid) + "\n```", file=out)
-    text = out.getvalue()
+    return out.getvalue(), ok, rows
+
+
+def mixtures() -> tuple[str, bool, list]:
+    err: dict[tuple[str, str, str, int], list[float]] = {}  # (side, name, grid, nfe) -> error per problem
+    cal: dict[tuple[str, int], list[float]] = {}
+    t0 = time.perf_counter()
+    for i, dim in enumerate(DIMS):
+        gm = GaussianMixture.random(dim, 4, generator=torch.Generator().manual_seed(100 + i))
+        model = gm.score_model(SDE)
+        x_T = torch.randn(N_HELD, dim, generator=torch.Generator().manual_seed(1000 + i), dtype=torch.float64)  # noqa: N806
+        x_cal = torch.randn(N_CAL, dim, generator=torch.Generator().manual_seed(2000 + i), dtype=torch.float64)
+        ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-10, atol=1e-10), eps=EPS).samples
+        run_problem(model, x_T, x_cal, ref, err, cal, rtol=1e-10, candidates=128)
+        print(f"D = {dim:>2} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return report(err, cal, [f"D = {d}" for d in DIMS])
+
+
+def quickstart(path: Path) -> str:
+    """The same comparison on the trained quickstart UNet: 64 held-out x_T, reference dopri5 at 1e-7 (float32), tuned
+    grids on 32 calibration x_T with 100 refinement runs (the network costs ~1000x the oracle per evaluation)."""
+    from sdeflow import load
+
+    ckpt = load(path)
+    if ckpt.sde.config() != SDE.config():
+        raise ValueError(f"the quickstart benchmark assumes {SDE!r}; the checkpoint has {ckpt.sde!r}")
+    model, shape = ckpt.score_model, tuple(ckpt.sample_shape)
+    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(3000))  # noqa: N806
+    x_cal = torch.randn(32, *shape, generator=torch.Generator().manual_seed(4000))
+    ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-7, atol=1e-7), eps=EPS).samples
+    err: dict = {}
+    cal: dict = {}
+    run_problem(model, x_T, x_cal, ref, err, cal, rtol=1e-7, max_evals=100, candidates=64)
+    text, _, _ = report(err, cal, ["quickstart"])
+    return text
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    text, ok, rows = mixtures()
     print("\n" + text)
-    print(f"targets {'met' if ok else 'NOT met'}; {elapsed:.0f} s")
-    write_results(text, elapsed)
-    plot(rows, cal)
+    print(f"targets {'met' if ok else 'NOT met'}; {time.perf_counter() - t0:.0f} s")
+    write_results("samplers", text, time.perf_counter() - t0)
+    plot(rows)
+    if "--quickstart" in sys.argv:
+        path = Path(sys.argv[sys.argv.index("--quickstart") + 1])
+        t1 = time.perf_counter()
+        qs = quickstart(path)
+        print("\nquickstart model:\n\n" + qs)
+        write_results("samplers-quickstart", qs, time.perf_counter() - t1)
     return 0 if ok else 1
 
 
-def write_results(text: str, elapsed: float) -> None:
+def write_results(marker: str, text: str, elapsed: float) -> None:
     path = ROOT / "benchmarks" / "RESULTS.md"
-    begin, end = "<!-- samplers:begin -->", "<!-- samplers:end -->"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     doc = path.read_text()
     if begin not in doc or end not in doc:
         raise RuntimeError(f"{path} lacks the markers {begin} / {end} around the Samplers section")
@@ -259,14 +319,14 @@ def write_results(text: str, elapsed: float) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(head + body + tail))
 
 
-def plot(rows: list, cal: dict) -> None:
+def plot(rows: list) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 5.0))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    shown = ["DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "DEIS-3", "iPNDM-4", "Heun"]
+    shown = ["DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 bh2", "UniPC-3 bh2", "DEIS-3", "iPNDM-3", "Heun"]
     for name in shown:
         pts = [(nfe, row[f"sdeflow:{name}"][0]) for nfe, row in rows if f"sdeflow:{name}" in row]
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, label=f"sdeflow {name}")
@@ -276,7 +336,7 @@ def plot(rows: list, cal: dict) -> None:
             *zip(*pts, strict=True), ls="--", marker="x", ms=4, lw=1.0, color="0.45", alpha=0.9,
             label=f"diffusers {name}",
         )
-    pts = [(nfe, row[f"tuned:{min(TUNED, key=lambda n: gmean(cal[(n, nfe)]))}"][0]) for nfe, row in rows]
+    pts = [(nfe, row["tuned"][0]) for nfe, row in rows]
     ax.plot(*zip(*pts, strict=True), color="black", lw=2.2, marker="s", ms=4, label="sdeflow, tuned grid (held-out)")
     ax.set_xscale("log")
     ax.set_yscale("log")
