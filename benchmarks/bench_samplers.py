@@ -6,9 +6,10 @@ Problem. Six random mixtures (``GaussianMixture.random(D, 4, generator=manual_se
 N(0, I) (``manual_seed(1000 + i)``); reference: float64 dopri5 from the same x_T, rtol = atol = 1e-10. Error = mean
 over trajectories of ||x - x_ref|| / sqrt(D). NFE = network evaluations actually made (checked for every run).
 
-sdeflow. Every deterministic sampler (DDIM, DPM-Solver++ 2M and 3M, UniPC bh2 orders 2 and 3, UniPC bh1 order 3,
-DEIS-3, iPNDM-4, EDM Heun; the stochastic ones have no single PF-ODE endpoint to compare with) on every built-in
-grid (uniform, quadratic, logsnr, karras) from T to eps, in float64. Heun spends 2 NFE per step: even budgets only.
+sdeflow. Every deterministic sampler (DDIM, DPM-Solver++ 2M and 3M (Taylor D2 weight, and diffusers' weight),
+UniPC bh2 orders 2 and 3, UniPC bh1 order 3, DEIS-3, iPNDM orders 2-4, EDM Heun; the stochastic ones have no single
+PF-ODE endpoint to compare with) on every built-in grid (uniform, quadratic, logsnr, karras) from T to eps, in
+float64. Heun spends 2 NFE per step: even budgets only.
 
 diffusers (0.42), the same ODE. Its schedulers step a discrete schedule of N = 1000 training timesteps; here the
 schedule is built so that timestep i IS continuous time t_i = (i + 1) / N of the VP SDE: ``trained_betas`` with
@@ -27,7 +28,7 @@ DEISMultistepScheduler(solver_order=3), DPMSolverMultistepScheduler(solver_order
 few steps), each with its defaults otherwise (lower_order_final etc.). diffusers keeps sigmas in float32 (relative
 coefficient rounding ~1e-7, far below every error here).
 
-Tuned grids. ``sdeflow.tune_grid`` for UniPC-3 (bh2), DPM-Solver++(3M) and iPNDM-4 on a SEPARATE calibration batch
+Tuned grids. ``sdeflow.tune_grid`` for UniPC-3 (bh2), iPNDM-3 and iPNDM-4 on a SEPARATE calibration batch
 of 256 x_T (``manual_seed(2000 + i)``), then scored on the 1024 held-out x_T above. Per NFE, "tuned" is the sampler
 whose tuned grids have the lowest geometric-mean CALIBRATION error (no held-out data enters the choice).
 
@@ -37,7 +38,13 @@ grid at least as accurate as diffusers' best (geometric mean over the mixtures);
 accurate than diffusers' best at every NFE <= 10. Writes the "Samplers" section of benchmarks/RESULTS.md (between
 its markers) and docs/sampler_comparison.png; exit status 0 when both targets are met.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py       # ~10 min on one shared CPU core
+``--quickstart DIR`` repeats the comparison on a trained network (``sdeflow quickstart --out runs/quickstart``
+writes runs/quickstart/model): 64 held-out x_T, reference dopri5 at rtol = atol = 1e-7 on the network (float32),
+tuned grids on 32 calibration x_T with 64 candidates and 100 refinement runs (a network evaluation costs ~1000x the
+oracle's). No targets are asserted there: one model, 64 trajectories.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py                                      # ~8 min, one core
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --quickstart runs/quickstart/model   # + ~5 min
 """
 
 from __future__ import annotations
@@ -327,9 +334,10 @@ def plot(rows: list) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     shown = ["DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-2 bh2", "UniPC-3 bh2", "DEIS-3", "iPNDM-3", "Heun"]
-    for name in shown:
+    for j, name in enumerate(shown):
         pts = [(nfe, row[f"sdeflow:{name}"][0]) for nfe, row in rows if f"sdeflow:{name}" in row]
-        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, label=f"sdeflow {name}")
+        color = f"C{j if j < 7 else j + 1}"  # C7 is grey: kept for diffusers
+        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, color=color, label=f"sdeflow {name}")
     for name in DIFFUSERS:
         pts = [(nfe, row[f"diffusers:{name}"][0]) for nfe, row in rows]
         ax.plot(
