@@ -2,7 +2,7 @@
 
 ``tune_grid(model, sde, sampler, nfe, x_T_calibration=...)`` searches the grid T = t_0 > t_1 > ... > t_S = eps that
 minimises the mean endpoint error of the actual sampler against an accurate solution of the same probability-flow
-ODE (torchdiffeq dopri5 at a tight tolerance) on a calibration batch, in two stages (docs/math.md, section 8):
+ODE (torchdiffeq dopri5 at a tight tolerance) on a calibration batch, in two stages (docs/math.md, "Samplers"):
 
 1. Dynamic programming along reference trajectories (GITS, Zhou et al. 2024). On a fine candidate grid
    c_0 = T > c_1 > ... > c_{K-1} = eps, uniform in lambda = log(alpha/sigma), the reference trajectories
