@@ -403,7 +403,8 @@ def tune_grid(
             improved = False
             for j in range(steps - 1):
                 for sign in (1.0, -1.0):
-                    while evaluations < max_evals:
+                    moved = False
+                    while evaluations < max_evals:  # keep going while the move pays
                         cand = lam.copy()
                         cand[j] += sign * delta
                         left = lo if j == 0 else cand[j - 1]
@@ -412,10 +413,11 @@ def tune_grid(
                             break
                         f = run(to_times(cand))
                         evaluations += 1
-                        if f < best:
-                            lam, best, improved = cand, f, True
-                        else:
+                        if not f < best:
                             break
+                        lam, best, improved, moved = cand, f, True, True
+                    if moved:  # the opposite direction leads back uphill
+                        break
             if not improved:
                 delta /= 2
         best_times = to_times(lam)
