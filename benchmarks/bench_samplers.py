@@ -28,7 +28,7 @@ DEISMultistepScheduler(solver_order=3), DPMSolverMultistepScheduler(solver_order
 few steps), each with its defaults otherwise (lower_order_final etc.). diffusers keeps sigmas in float32 (relative
 coefficient rounding ~1e-7, far below every error here).
 
-Tuned grids. ``sdeflow.tune_grid`` for UniPC-3 (bh2), iPNDM-3 and iPNDM-4 on a SEPARATE calibration batch
+Tuned grids. ``sdeflow.tune_grid`` for UniPC-2 and -3 (bh2), iPNDM-2 and -3 on a SEPARATE calibration batch
 of 256 x_T (``manual_seed(2000 + i)``), then scored on the 1024 held-out x_T above. Per NFE, "tuned" is the sampler
 whose tuned grids have the lowest geometric-mean CALIBRATION error (no held-out data enters the choice).
 
@@ -40,11 +40,11 @@ its markers) and docs/sampler_comparison.png; exit status 0 when both targets ar
 
 ``--quickstart DIR`` repeats the comparison on a trained network (``sdeflow quickstart --out runs/quickstart``
 writes runs/quickstart/model): 64 held-out x_T, reference dopri5 at rtol = atol = 1e-7 on the network (float32),
-tuned grids on 32 calibration x_T with 64 candidates and 100 refinement runs (a network evaluation costs ~1000x the
-oracle's). No targets are asserted there: one model, 64 trajectories.
+tuned grids (NFE <= 10) on 32 calibration x_T with 64 candidates and 100 refinement runs (a network evaluation costs
+~1000x the oracle's). No targets are asserted there: one model, 64 trajectories.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py                                      # ~8 min, one core
-    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --quickstart runs/quickstart/model   # + ~5 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py                                      # ~10 min, one core
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --quickstart runs/quickstart/model   # + ~7 min
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ SAMPLERS = {
     "iPNDM-4": IPNDM(order=4),
     "Heun": Heun(),
 }
-TUNED = ("UniPC-3 bh2", "iPNDM-3", "iPNDM-4")
+TUNED = ("UniPC-2 bh2", "UniPC-3 bh2", "iPNDM-2", "iPNDM-3")
 DIFFUSERS = {
     "UniPC-3 bh2": (
         "UniPCMultistepScheduler",
@@ -135,7 +135,14 @@ def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tens
 
 
 def run_problem(
-    model, x_T: torch.Tensor, x_cal: torch.Tensor, ref: torch.Tensor, err: dict, cal: dict, **tune: int  # noqa: N803
+    model,
+    x_T: torch.Tensor,  # noqa: N803
+    x_cal: torch.Tensor,
+    ref: torch.Tensor,
+    err: dict,
+    cal: dict,
+    tuned_nfes: tuple[int, ...] | None = None,
+    **tune: float,
 ) -> None:
     """Every sampler on every grid, diffusers, and the tuned grids on one problem; appends to ``err`` / ``cal``."""
     for name, smp in SAMPLERS.items():
@@ -156,7 +163,7 @@ def run_problem(
     rtol, candidates = tune.pop("rtol"), tune.pop("candidates")
     reference = calibration_reference(model, SDE, x_cal, eps=EPS, rtol=rtol, candidates=candidates)
     for name in TUNED:
-        for nfe in NFES:
+        for nfe in NFES if tuned_nfes is None else tuned_nfes:
             res = tune_grid(model, SDE, SAMPLERS[name], nfe, reference=reference, **tune)
             r = sample(model, SDE, x_T, sampler=SAMPLERS[name], grid=res.grid)
             assert r.nfe == nfe
@@ -182,7 +189,8 @@ def report(err: dict, cal: dict, problems: list[str]) -> tuple[str, bool, list]:
                 g = best_grid(side, name, nfe)
                 if g is not None:
                     row[f"{side}:{name}"] = (gmean(err[(side, name, g, nfe)]), g)
-        row["tuned"] = (row[f"tuned:{tuned_choice(nfe)}"][0], tuned_choice(nfe))
+        if (TUNED[0], nfe) in cal:
+            row["tuned"] = (row[f"tuned:{tuned_choice(nfe)}"][0], tuned_choice(nfe))
         rows.append((nfe, row))
 
     def best_of(row: dict, side: str) -> tuple[str, float, str]:
@@ -198,13 +206,18 @@ def report(err: dict, cal: dict, problems: list[str]) -> tuple[str, bool, list]:
     for nfe, row in rows:
         s_name, s_err, s_grid = best_of(row, "sdeflow")
         d_name, d_err, d_grid = best_of(row, "diffusers")
-        t_err, t_name = row["tuned"]
+        t_err, t_name = row.get("tuned", (math.nan, "not tuned"))
         met_b, met_t = d_err / s_err >= 1.0, nfe > 10 or d_err / t_err >= TARGET_TUNED
         ok = ok and met_b and met_t
         summary.append(
             f"| {nfe} | {s_err:.2e} {s_name} @ {s_grid} | {d_err:.2e} {d_name} @ {d_grid} | "
-            f"**{d_err / s_err:.2f}x**{'' if met_b else ' (target >= 1: NOT met)'} | {t_err:.2e} {t_name} | "
-            f"**{d_err / t_err:.2f}x**{'' if met_t else f' (target >= {TARGET_TUNED}: NOT met)'} |"
+            f"**{d_err / s_err:.2f}x**{'' if met_b else ' (target >= 1: NOT met)'} | "
+            + (
+                "- | - |"
+                if math.isnan(t_err)
+                else f"{t_err:.2e} {t_name} | **{d_err / t_err:.2f}x**"
+                f"{'' if met_t else f' (target >= {TARGET_TUNED}: NOT met)'} |"
+            )
         )
     labels = [f"sdeflow:{n}" for n in SAMPLERS] + [f"diffusers:{n}" for n in DIFFUSERS] + [f"tuned:{n}" for n in TUNED]
     table = ["| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---|" + "---|" * len(NFES)]
@@ -218,6 +231,8 @@ def report(err: dict, cal: dict, problems: list[str]) -> tuple[str, bool, list]:
     # the grid each sampler does best on over all budgets: geometric mean over every NFE and problem
     recommended = []
     for name in SAMPLERS:
+        if not any(("sdeflow", name, g, nfe) in err for g in GRIDS for nfe in NFES):
+            continue
         scores = {
             g: gmean([e for nfe in NFES for e in err.get(("sdeflow", name, g, nfe), [])]) for g in GRIDS
         }
@@ -237,6 +252,8 @@ def report(err: dict, cal: dict, problems: list[str]) -> tuple[str, bool, list]:
     for nfe, row in rows:
         s_name, _, s_grid = best_of(row, "sdeflow")
         d_name, _, d_grid = best_of(row, "diffusers")
+        if "tuned" not in row:
+            continue
         t_name = row["tuned"][1]
         for k, problem in enumerate(problems):
             per_problem.append(
@@ -288,7 +305,8 @@ def quickstart(path: Path) -> str:
     ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-7, atol=1e-7), eps=EPS).samples
     err: dict = {}
     cal: dict = {}
-    run_problem(model, x_T, x_cal, ref, err, cal, rtol=1e-7, max_evals=100, candidates=64)
+    tuned_nfes = tuple(n for n in NFES if n <= 10)
+    run_problem(model, x_T, x_cal, ref, err, cal, tuned_nfes, rtol=1e-7, max_evals=100, candidates=64)
     text, _, _ = report(err, cal, ["quickstart"])
     return text
 
@@ -344,7 +362,7 @@ def plot(rows: list) -> None:
             *zip(*pts, strict=True), ls="--", marker="x", ms=4, lw=1.0, color="0.45", alpha=0.9,
             label=f"diffusers {name}",
         )
-    pts = [(nfe, row["tuned"][0]) for nfe, row in rows]
+    pts = [(nfe, row["tuned"][0]) for nfe, row in rows if "tuned" in row]
     ax.plot(*zip(*pts, strict=True), color="black", lw=2.2, marker="s", ms=4, label="sdeflow, tuned grid (held-out)")
     ax.set_xscale("log")
     ax.set_yscale("log")
