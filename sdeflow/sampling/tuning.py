@@ -94,7 +94,7 @@ def load_grid(path: str | Path) -> Times:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"grid file {str(p)!r} is not JSON: {err}.") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("times"), list):
-        raise ValueError(f"grid file {str(p)!r} is not an sdeflow grid (needs \"format\": {FORMAT!r} and \"times\").")
+        raise ValueError(f'grid file {str(p)!r} is not an sdeflow grid (needs "format": {FORMAT!r} and "times").')
     times = doc["times"]
     if len(times) < 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times):
         raise ValueError(f"grid file {str(p)!r}: \"times\" must be a list of at least 2 numbers; got {times[:8]!r}.")
