@@ -93,14 +93,22 @@ def load_grid(path: str | Path) -> Times:
         raise ValueError(f"grid file {str(p)!r} does not exist; write one with `sdeflow tune-grid`.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"grid file {str(p)!r} is not JSON: {err}.") from None
+    _check_times_field(p, doc)
+
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("times"), list):
         raise ValueError(f'grid file {str(p)!r} is not an sdeflow grid (needs "format": {FORMAT!r} and "times").')
+    return Times(tuple(float(t) for t in doc["times"]), source=str(p))
+
+
+def _check_times_field(p: Path, doc: Any) -> None:
+    """The "times" of an sdeflow grid file: at least 2 numbers, strictly decreasing (other documents: the caller)."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("times"), list):
+        return
     times = doc["times"]
     if len(times) < 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in times):
-        raise ValueError(f"grid file {str(p)!r}: \"times\" must be a list of at least 2 numbers; got {times[:8]!r}.")
+        raise ValueError(f'grid file {str(p)!r}: "times" must be a list of at least 2 numbers; got {times[:8]!r}.')
     if any(b >= a for a, b in zip(times, times[1:], strict=False)):
-        raise ValueError(f"grid file {str(p)!r}: \"times\" must be strictly decreasing; got {times[:8]!r}.")
-    return Times(tuple(float(t) for t in times), source=str(p))
+        raise ValueError(f'grid file {str(p)!r}: "times" must be strictly decreasing; got {times[:8]!r}.')
 
 
 def grid_paths(out: str | Path, sampler: str, nfes: Sequence[int], *, overwrite: bool = False) -> dict[int, Path]:
