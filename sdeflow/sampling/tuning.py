@@ -94,7 +94,6 @@ def load_grid(path: str | Path) -> Times:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"grid file {str(p)!r} is not JSON: {err}.") from None
     _check_times_field(p, doc)
-
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("times"), list):
         raise ValueError(f'grid file {str(p)!r} is not an sdeflow grid (needs "format": {FORMAT!r} and "times").')
     return Times(tuple(float(t) for t in doc["times"]), source=str(p))
