@@ -177,7 +177,7 @@ def calibration_reference(
     if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 3:
         raise ValueError(f"`candidates` must be an integer >= 3 (e.g. 128); got {candidates!r}.")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1e-2:
-        raise ValueError(f"`reference_tol` must lie in (0, 1e-2) (e.g. 1e-10 in float64); got {rtol!r}.")
+        raise ValueError(f"`rtol` (reference_tol) must lie in (0, 1e-2) (e.g. 1e-10 in float64); got {rtol!r}.")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps!r}. Use e.g. eps=1e-3.")
     score = as_score_model(model, sde)
@@ -187,20 +187,21 @@ def calibration_reference(
     times[0], times[-1] = sde.T, eps
     with torch.no_grad():
         ode = ProbabilityFlowODE(sde, score)
-        xs = torchdiffeq.odeint(ode, x_T, times.to(x_T.dtype), method="dopri5", rtol=rtol, atol=rtol)
-        alpha, sigma = sde.alpha(times), sde.sigma(times)
+        t_dev = times.to(dtype=x_T.dtype, device=x_T.device)
+        xs = torchdiffeq.odeint(ode, x_T, t_dev, method="dopri5", rtol=rtol, atol=rtol)
         k = times.shape[0]
         cost = torch.full((k, k), math.inf, dtype=torch.float64)
         d = x_T[0].numel()
         flat = xs.flatten(2).to(torch.float64)  # [K, B, d]
+        alpha, sigma = sde.alpha(times).to(flat.device), sde.sigma(times).to(flat.device)
         for i in range(k - 1):
-            t_i = times[i].to(x_T.dtype).expand(x_T.shape[0])
+            t_i = times[i].to(dtype=x_T.dtype, device=x_T.device).expand(x_T.shape[0])
             eps_i = score.eps(xs[i], t_i).flatten(1).to(torch.float64)
             x0_i = (flat[i] - sigma[i] * eps_i) / alpha[i]
             # DDIM from c_i to every later c_j at once: alpha_j x0 + sigma_j eps - x_ref(c_j)
             pred = alpha[i + 1 :, None, None] * x0_i + sigma[i + 1 :, None, None] * eps_i
             err = (pred - flat[i + 1 :]).norm(dim=2) / math.sqrt(d)
-            cost[i, i + 1 :] = err.mean(dim=1)
+            cost[i, i + 1 :] = err.mean(dim=1).cpu()
     return CalibrationReference(
         x_T=x_T, x_eps=xs[-1], times=times, cost=cost, eps=float(eps), rtol=float(rtol), sde_config=sde.config()
     )
@@ -227,7 +228,8 @@ class TuneResult:
     grid: the tuned ``Times`` grid (T down to eps; ``source`` names the sampler and NFE); sampler; nfe; steps (S);
     error: its mean endpoint error on the calibration batch; baselines: the calibration error of each built-in grid
     and of the dynamic-programming path ('dp') with the same sampler and NFE; start: the one refinement began from;
-    evaluations: sampler runs spent on refinement; calibration: the batch size; wall_time: seconds."""
+    evaluations: sampler runs spent on refinement; calibration: the batch size; eps, reference_tol: the end time
+    and the dopri5 tolerance of the reference; wall_time: seconds."""
 
     grid: Times
     sampler: GridSampler
