@@ -189,6 +189,7 @@ def calibration_reference(
         ode = ProbabilityFlowODE(sde, score)
         t_dev = times.to(dtype=x_T.dtype, device=x_T.device)
         xs = torchdiffeq.odeint(ode, x_T, t_dev, method="dopri5", rtol=rtol, atol=rtol)
+        assert isinstance(xs, Tensor)  # a tensor state gives a tensor solution
         k = times.shape[0]
         cost = torch.full((k, k), math.inf, dtype=torch.float64)
         d = x_T[0].numel()
@@ -248,7 +249,7 @@ class TuneResult:
         """A JSON-friendly record of how the grid was made (what ``save_grid`` stores next to the times)."""
         return {
             "sampler": self.sampler.name,
-            "options": self.sampler.options(),
+            "options": self.sampler.config(),
             "nfe": self.nfe,
             "steps": self.steps,
             "eps": self.eps,
@@ -362,6 +363,7 @@ def tune_grid(
             "`reference` (from calibration_reference), exactly one of them."
         )
     if reference is None:
+        assert x_T_calibration is not None  # exactly one of the two, checked above
         reference = calibration_reference(
             score, sde, x_T_calibration, eps=1e-3 if eps is None else eps, candidates=candidates, rtol=reference_tol
         )
@@ -430,7 +432,7 @@ def tune_grid(
             if not improved:
                 delta /= 2
         best_times = to_times(lam)
-    source = f"tune_grid({smp.name} {smp.options()}, nfe={nfe}, calibration B={x_T.shape[0]}, start={start})"
+    source = f"tune_grid({smp.name} {smp.config()}, nfe={nfe}, calibration B={x_T.shape[0]}, start={start})"
     return TuneResult(
         grid=Times(tuple(best_times), source=source),
         sampler=smp,
