@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 
-from sdeflow.cli._progress import PLAIN_LINES, ProgressBar
-from sdeflow.progress import Progress
+from sdeflow.progress import PLAIN_LINES, Progress, ProgressBar
 
 
 def test_plain_stream_gets_one_line_per_quarter() -> None:

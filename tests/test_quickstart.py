@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from sdeflow import quickstart as qs
-from sdeflow.cli._progress import PLAIN_LINES, ProgressBar
 from sdeflow.data import load_dataset
-from sdeflow.progress import Progress
+from sdeflow.progress import PLAIN_LINES, Progress, ProgressBar
 
 
 def test_stages_run_and_report_progress_in_a_few_plain_lines(tmp_path) -> None:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed as D
     from ..likelihood_dataset import evaluate_dataset
-    from ._progress import ProgressBar
+    from ..progress import ProgressBar
 
     for name in ("rtol", "atol", "eps"):  # counts, --device and --out: sdeflow.cli.check_common
         value = getattr(args, name)

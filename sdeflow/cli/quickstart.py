@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from .._utils import atomic_write
     from .._validate import json_safe
     from ..data import load_dataset
-    from ._progress import ProgressBar
+    from ..progress import ProgressBar
 
     if args.n_test < 2:
         raise ValueError(f"--n-test must be >= 2 (a standard error needs two images); got {args.n_test}.")

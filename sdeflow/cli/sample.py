@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import ProgressBar
 from ._common import add_sampler_arguments, sampler_from_args
-from ._progress import ProgressBar
 
 HELP = "Draw samples with any sampler (ddim, dpmsolver++, unipc, deis, ipndm, heun, ddpm, pc, ode[:m], sde[:m])."
 

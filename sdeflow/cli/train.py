@@ -68,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
-    from ..progress import Progress
-    from ._progress import ProgressBar
+    from ..progress import Progress, ProgressBar
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     bar = ProgressBar("train", "step", enabled=rank0 and not args.no_progress)
