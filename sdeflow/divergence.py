@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .parametrization import ScoreModel
+from .progress import Progress
 from .sde import SDE
 
 __all__ = ["DIVERGENCES", "TIME_VARIABLES", "AugmentedFlow", "draw_probes", "example_seeds"]
@@ -128,9 +129,9 @@ class AugmentedFlow(nn.Module):
 
     ``tau`` is clamped to the solve interval widened by a margin (lambda +- 1, u * e^{+-1}; t stays in [eps, T]) so
     that a first-step probe or an overshooting step never evaluates an undefined time (solvers may step past the
-    end and interpolate back). ``nfe`` counts network
-    evaluations, ``n_accepted`` / ``n_rejected`` the solver's steps; ``callback(fraction)`` runs after each accepted
-    step with the fraction of the interval done.
+    end and interpolate back). ``nfe`` counts network evaluations, ``n_accepted`` / ``n_rejected`` the solver's
+    steps; ``callback(Progress('likelihood', fraction, 1.0))`` runs after each accepted step with the fraction of the
+    interval done.
     """
 
     def __init__(
@@ -141,7 +142,7 @@ class AugmentedFlow(nn.Module):
         t_span: tuple[float, float],
         divergence: str,
         probes: Tensor | None,
-        callback: Callable[[float], None] | None = None,
+        callback: Callable[[Progress], None] | None = None,
         net_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -172,7 +173,7 @@ class AugmentedFlow(nn.Module):
         self.n_accepted += 1
         if self.callback is not None:
             done = (float(t0 + dt) - self.tau0) / (self.tau1 - self.tau0)
-            self.callback(min(max(done, 0.0), 1.0))
+            self.callback(Progress("likelihood", min(max(done, 0.0), 1.0), 1.0))
 
     def callback_reject_step(self, t0: Tensor, y0: object, dt: Tensor) -> None:
         self.n_rejected += 1

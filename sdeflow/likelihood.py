@@ -27,6 +27,7 @@ from torch import Tensor
 from . import _validate as V
 from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, draw_probes, example_seeds
 from .parametrization import ScoreModel, as_score_model
+from .progress import Progress
 from .sampling.solvers import ADAPTIVE_ODE_SOLVERS
 from .sde import SDE
 from .status import Status
@@ -179,7 +180,7 @@ def log_likelihood(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     time_variable: str = "t",
     max_steps: int = 10_000,
-    callback: Callable[[float], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
 ) -> LikelihoodResult:
     """log p_eps(x) (nats) of each example through the probability-flow ODE, with its latent z = x(T).
 
@@ -216,7 +217,8 @@ def log_likelihood(
             for VE) or 'log_snr' (lambda). The likelihood is the same up to solver tolerance; see
             ``sdeflow.divergence`` for the formulas and benchmarks/RESULTS.md for measured step counts.
         max_steps: most solver steps before ``LikelihoodError``.
-        callback: called with the fraction of the interval done after every accepted step.
+        callback: called with ``Progress('likelihood', fraction of the interval done, 1.0)`` after every accepted
+            step.
 
     Raises:
         ValueError/TypeError for bad arguments or data; ``LikelihoodError`` if the solve fails.

@@ -127,7 +127,8 @@ def evaluate_bits_per_dim(
     idx = torch.arange(min(n_test, len(test_set)))
     state = {"draw": 0, "last": 0.0}
 
-    def on_fraction(frac: float) -> None:  # the fraction of the current draw's solve; it drops when a draw begins
+    def on_fraction(event: Progress) -> None:  # the fraction of the current draw's solve; it drops as a draw begins
+        frac = event.done
         if frac < state["last"]:
             state["draw"] += 1
         state["last"] = frac

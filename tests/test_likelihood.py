@@ -108,8 +108,10 @@ def test_time_variables_agree_and_progress_is_reported() -> None:
     """A change of integration variable leaves z and log p unchanged (up to the tolerance)."""
     sde, gm = SubVPSDE(), _mixture(3, seed=8)
     x = gm.sample(4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    done: list[float] = []
-    ref = log_likelihood(sde, gm.score_model(sde), x, rtol=1e-8, atol=1e-8, callback=done.append)
+    events: list = []
+    ref = log_likelihood(sde, gm.score_model(sde), x, rtol=1e-8, atol=1e-8, callback=events.append)
+    done = [e.done for e in events]
+    assert {(e.stage, e.total) for e in events} == {("likelihood", 1.0)}
     assert len(done) == ref.n_steps and done == sorted(done) and done[-1] == pytest.approx(1.0)
     for tv in ("sigma_ratio", "log_snr"):
         other = log_likelihood(sde, gm.score_model(sde), x, time_variable=tv, rtol=1e-8, atol=1e-8)
