@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .onnx_export import export_ddim
+from ..parametrization import DDPMTimesteps
+from ..sampling import DDIM, make_grid
+from .onnx_export import export_sampler
 from .runtime import OnnxSampler
-from .verify import relative_error, torch_ddim
+from .verify import SamplerSpec, relative_error
 
 __all__ = ["quickstart_export"]
 
@@ -36,14 +38,16 @@ def quickstart_export(
     """
     from ..checkpoint import load
 
-    report = export_ddim(checkpoint_dir, Path(out_dir) / "model.onnx", steps=steps, seed=seed)
     ckpt = load(checkpoint_dir)
+    grid = make_grid(None, DDIM(), isinstance(ckpt.score_model.time_label, DDPMTimesteps))  # sample()'s default
+    report = export_sampler(ckpt, Path(out_dir) / "model.onnx", sampler=DDIM(), steps=steps, grid=grid, seed=seed)
     runner = OnnxSampler(report.path, threads=1)
-    x_T, noise = runner.draw(batch, seed, steps)  # noqa: N806
+    x_T, _ = runner.draw(batch, seed, steps)  # noqa: N806
     x_t = torch.from_numpy(x_T)
+    spec = SamplerSpec(DDIM(), grid, 1e-3, None)
 
     def run_torch() -> torch.Tensor:
-        return torch_ddim(ckpt.score_model, report.config, steps, x_t, None)
+        return spec.reference(ckpt.score_model, steps, x_t, None)
 
     parity = relative_error(runner.run(x_T), run_torch().numpy())
     threads = torch.get_num_threads()
@@ -57,7 +61,7 @@ def quickstart_export(
         "onnx": str(report.path),
         "size_mb": round(report.size_bytes / 1e6, 2),
         "steps": steps,
-        "grid": report.config["grid"],
+        "grid": report.grid["type"],
         "verified": report.verified,
         "checker": report.checker_ok,
         "shape_inference": report.shape_inference_ok,
