@@ -105,7 +105,8 @@ def unrolled_graph(
     ``net`` is the traced ``graph.NetCall`` (inputs x, label; one output); ``labels`` [NFE] the network label of
     each evaluation (int64 or float32, the dtype the network was traced with)."""
     g = net.graph
-    x_name, label_name = (i.name for i in g.input)
+    x_name = g.input[0].name
+    label_name = g.input[1].name if len(g.input) > 1 else None  # a network that ignores its label
     b = _Builder()
     b.inits.extend(g.initializer)
     regs: dict[Key, str] = {}
@@ -122,7 +123,7 @@ def unrolled_graph(
             lab = pre + "label"
             b.inits.append(numpy_helper.from_array(np.asarray(labels[op.index]), lab))
             out = pre + "out"
-            _copy_subgraph(b, g, pre, {x_name: x_in, label_name: lab}, out)
+            _copy_subgraph(b, g, pre, {x_name: x_in, **({label_name: lab} if label_name else {})}, out)
             regs[("in", op.index)], regs[("out", op.index)] = x_in, out
         elif isinstance(op, Update):
             parts = terms(op.x)
@@ -226,6 +227,13 @@ def scan_graph(step: onnx.ModelProto, shape: tuple[int, ...], label_elem: int, s
     ``stochastic``) noise_rows [N, B, ...] (row i: the noise of evaluation i, zeros where it draws none) -> x_0."""
     body = step.graph
     body.name = "sdeflow_scan_step"
+    # the tracer drops inputs the body does not read (the label of a network that ignores it); Scan needs them all
+    present = {i.name: i for i in body.input}
+    wanted = ["x", "s", "outs", "ins", "label", "coef"] + (["z"] if stochastic else [])
+    full = [present.get(n) or helper.make_tensor_value_info(n, label_elem if n == "label" else TensorProto.FLOAT, None)
+            for n in wanted]
+    del body.input[:]
+    body.input.extend(full)
     dims = ["B", *shape]
     extra = [
         helper.make_tensor_value_info("labels", label_elem, ["N"]),
