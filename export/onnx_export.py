@@ -192,11 +192,13 @@ def _broadcasts_label(net: Any, shape: tuple[int, ...], label: torch.Tensor) -> 
     return isinstance(one, torch.Tensor) and one.shape == full.shape and torch.allclose(one, full, rtol=1e-5, atol=1e-6)
 
 
-def _is_shape_assertion(filename: str, lineno: int) -> bool:
-    """Whether the source line is an ``assert`` (diffusers' downsampling.py / upsampling.py assert on shapes):
-    its value is frozen in the graph but only guards the shape, so the parity check decides."""
+def _is_shape_check(filename: str, lineno: int) -> bool:
+    """Whether the source line is an ``assert`` or a test on a tensor's shape (diffusers' downsampling.py and
+    upsampling.py assert on channel counts and branch on ``hidden_states.shape[0] >= 64`` and ``numel()``): the
+    value is frozen in the graph but depends on shapes only, so the parity check (at batch sizes 1, 7, 64 by
+    default) decides."""
     line = linecache.getline(filename, lineno).strip()
-    return line.startswith("assert ")
+    return line.startswith("assert ") or any(k in line for k in (".shape", ".size(", ".numel(", ".dim(", ".ndim"))
 
 
 def _trace(
@@ -238,9 +240,9 @@ def _trace(
         if not issubclass(w.category, torch.jit.TracerWarning):
             continue
         where = f"{w.filename}:{w.lineno}"
-        text = str(w.message).splitlines()[0]
+        text = str(w.message).splitlines()[0].split(" might ")[0]
         if text.startswith("Converting a tensor to a") and not str(w.filename).startswith(torch_dir):
-            if not _is_shape_assertion(w.filename, w.lineno):
+            if not _is_shape_check(w.filename, w.lineno):
                 src = linecache.getline(w.filename, w.lineno).strip()
                 raise OnnxExportError(
                     f"The network's forward turns a tensor into a Python value while tracing at {where} "
