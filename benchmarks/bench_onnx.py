@@ -77,11 +77,22 @@ def wall_times(model, shape, samplers: dict, steps: list[int], batches: list[int
                 fns = {"eager": partial(_eager, model, x, smp, s), "ort": partial(runner.run, x_np)}
                 med = _timeit(fns, repeats, budget_s=20.0)
                 err = relative_error(runner.run(x_np), fns["eager"]())
-                row = {"sampler": label, "steps": s, "nfe": rep.nfe, "batch": b, "eager_ms": 1e3 * med["eager"],
-                       "ort_ms": 1e3 * med["ort"], "speedup": med["eager"] / med["ort"], "rel_err": err}
+                row = {
+                    "sampler": label,
+                    "steps": s,
+                    "nfe": rep.nfe,
+                    "batch": b,
+                    "eager_ms": 1e3 * med["eager"],
+                    "ort_ms": 1e3 * med["ort"],
+                    "speedup": med["eager"] / med["ort"],
+                    "rel_err": err,
+                }
                 rows.append(row)
-                print(f"| {label} | {s} | {rep.nfe} | {b} | {row['eager_ms']:.1f} | {row['ort_ms']:.2f} | "
-                      f"{row['speedup']:.1f}x | {err:.0e} |", flush=True)
+                print(
+                    f"| {label} | {s} | {rep.nfe} | {b} | {row['eager_ms']:.1f} | {row['ort_ms']:.2f} | "
+                    f"{row['speedup']:.1f}x | {err:.0e} |",
+                    flush=True,
+                )
     return rows
 
 
@@ -114,16 +125,28 @@ def time_to_quality(model, shape, batches: list[int], repeats: int, tmp: Path, m
     rep = export_sampler(model, tmp / "best.onnx", smp, steps=s, sample_shape=shape)
     runner = OnnxSampler(rep.path, providers="cpu", threads=1)
     onnx_err = relative_error(runner.run(x.numpy()), ref)
-    out = {"target_error": target, "reference_nfe": ref_res.nfe, "candidates": found, "best": best,
-           "best_onnx_error": onnx_err, "batches": {}}
+    out = {
+        "target_error": target,
+        "reference_nfe": ref_res.nfe,
+        "candidates": found,
+        "best": best,
+        "best_onnx_error": onnx_err,
+        "batches": {},
+    }
     for b in batches:
         xb = x[:b].contiguous()
         fns = {"eager DDIM-50": partial(_eager, model, xb, DDIM(), 50), "ort best": partial(runner.run, xb.numpy())}
         med = _timeit(fns, repeats, budget_s=40.0)
-        out["batches"][b] = {"eager_ddim50_ms": 1e3 * med["eager DDIM-50"], "ort_best_ms": 1e3 * med["ort best"],
-                             "speedup": med["eager DDIM-50"] / med["ort best"]}
-        print(f"  B={b}: eager DDIM-50 {1e3 * med['eager DDIM-50']:.1f} ms, onnxruntime {label} S={s} "
-              f"{1e3 * med['ort best']:.2f} ms: {med['eager DDIM-50'] / med['ort best']:.1f}x", flush=True)
+        out["batches"][b] = {
+            "eager_ddim50_ms": 1e3 * med["eager DDIM-50"],
+            "ort_best_ms": 1e3 * med["ort best"],
+            "speedup": med["eager DDIM-50"] / med["ort best"],
+        }
+        print(
+            f"  B={b}: eager DDIM-50 {1e3 * med['eager DDIM-50']:.1f} ms, onnxruntime {label} S={s} "
+            f"{1e3 * med['ort best']:.2f} ms: {med['eager DDIM-50'] / med['ort best']:.1f}x",
+            flush=True,
+        )
     return out
 
 
@@ -137,6 +160,7 @@ def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:  # noqa: ANN001
 def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int, tmp: Path) -> list:
     """CUDA EP (I/O binding; CUDA graphs) vs PyTorch eager and a PyTorch CUDA graph of the same plan."""
     from sdeflow.export.graph import PlanModule
+
     from sdeflow.sampling import compile_plan, make_grid, network_labels
 
     rows = []
@@ -147,7 +171,7 @@ def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int
     ]
     model = model.cuda()
     discrete = isinstance(model.time_label, DDPMTimesteps)
-    for (label, smp, s), path in zip(contenders, paths):
+    for (label, smp, s), path in zip(contenders, paths, strict=True):
         plain = OnnxSampler(path, providers="cuda")
         graphs = OnnxSampler(path, providers="cuda", cuda_graph=True)
         plan = compile_plan(model, model.sde, smp, make_grid(None, smp, discrete), s)
@@ -161,7 +185,7 @@ def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int
             x = torch.from_numpy(x_np).cuda()
             graph, static_in, static_out = _capture(module, x)
             fns = {
-                "torch eager CUDA": lambda x=x: module(x).cpu().numpy(),
+                "torch eager CUDA": lambda x=x, module=module: module(x).cpu().numpy(),
                 "torch CUDA graph": partial(_replay, graph, static_in, static_out, x),
                 "ORT CUDA + I/O binding": partial(plain.run, x_np),
                 "ORT CUDA graph": partial(graphs.run, x_np),
@@ -169,8 +193,15 @@ def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int
             with torch.no_grad():
                 med = _timeit(fns, repeats, budget_s=30.0)
             for k, v in med.items():
-                rows.append({"sampler": label, "batch": b, "contender": k, "ms": 1e3 * v,
-                             "speedup": med["torch eager CUDA"] / v})
+                rows.append(
+                    {
+                        "sampler": label,
+                        "batch": b,
+                        "contender": k,
+                        "ms": 1e3 * v,
+                        "speedup": med["torch eager CUDA"] / v,
+                    }
+                )
                 print(f"| {label} | {b} | {k} | {1e3 * v:.2f} | {med['torch eager CUDA'] / v:.1f}x |", flush=True)
     return rows
 

@@ -449,7 +449,9 @@ def _labels(model: ScoreModel, plan: Plan) -> np.ndarray:
 
 def _tables(model: ScoreModel, spec: SamplerSpec, counts: tuple[int, ...]) -> _Tables:
     plans = {
-        s: compile_plan(model, model.sde, spec.sampler, spec.grid, s, eps=spec.eps, set_alpha_to_one=spec.set_alpha_to_one)
+        s: compile_plan(
+            model, model.sde, spec.sampler, spec.grid, s, eps=spec.eps, set_alpha_to_one=spec.set_alpha_to_one
+        )
         for s in counts
     }
     try:
@@ -499,11 +501,15 @@ def _build(
             step, tracer = _trace(ScanStep(net, broadcast, w, tables.stochastic), args, names, outs, dims)
             elem = onnx.TensorProto.INT64 if labels.dtype == np.int64 else onnx.TensorProto.FLOAT
             return scan_graph(step, shape, elem, tables.stochastic, w), tracer
-        call, tracer = _trace(NetCall(net, broadcast), (x, label0), ["x", "label"], ["out"], {"x": {0: "B"}, "out": {0: "B"}})
+        call, tracer = _trace(
+            NetCall(net, broadcast), (x, label0), ["x", "label"], ["out"], {"x": {0: "B"}, "out": {0: "B"}}
+        )
         if not has_subgraphs(call.graph):
             return unrolled_graph(call, plan, labels, shape), tracer
         # control flow inside the network: trace the whole plan (run_plan) instead of copying one call
-        module = PlanModule(net, plan, [torch.from_numpy(labels[i : i + 1]).reshape(()) for i in range(plan.nfe)], broadcast)
+        module = PlanModule(
+            net, plan, [torch.from_numpy(labels[i : i + 1]).reshape(()) for i in range(plan.nfe)], broadcast
+        )
         k = plan.noise_draws
         args = (x, torch.randn((k, 2, *shape))) if k else (x,)
         names = ["x_T"] + (["noise"] if k else [])

@@ -97,9 +97,7 @@ def _io(shape: tuple[int, ...], noise_dim: int | str | None, extra: list) -> tup
     return inputs, [helper.make_tensor_value_info("x_0", TensorProto.FLOAT, dims)]
 
 
-def unrolled_graph(
-    net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: tuple[int, ...]
-) -> onnx.ModelProto:
+def unrolled_graph(net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: tuple[int, ...]) -> onnx.ModelProto:
     """The plan written out: x_T (and noise [K, B, ...] when the plan draws K > 0 times) -> x_0.
 
     ``net`` is the traced ``graph.NetCall`` (inputs x, label; one output); ``labels`` [NFE] the network label of
@@ -161,7 +159,7 @@ def _substitute(op_terms: tuple, cur: dict) -> dict:
     """The op's linear form with STATE replaced by ``cur`` (the current sample as a form of the segment's keys)."""
     out: dict = {}
     for key, c in op_terms:
-        for k, v in (cur.items() if key == STATE else ((key, 1.0),)):
+        for k, v in cur.items() if key == STATE else ((key, 1.0),):
             out[k] = out.get(k, 0.0) + c * v
     return out
 
@@ -230,8 +228,10 @@ def scan_graph(step: onnx.ModelProto, shape: tuple[int, ...], label_elem: int, s
     # the tracer drops inputs the body does not read (the label of a network that ignores it); Scan needs them all
     present = {i.name: i for i in body.input}
     wanted = ["x", "s", "outs", "ins", "label", "coef"] + (["z"] if stochastic else [])
-    full = [present.get(n) or helper.make_tensor_value_info(n, label_elem if n == "label" else TensorProto.FLOAT, None)
-            for n in wanted]
+    full = [
+        present.get(n) or helper.make_tensor_value_info(n, label_elem if n == "label" else TensorProto.FLOAT, None)
+        for n in wanted
+    ]
     del body.input[:]
     body.input.extend(full)
     dims = ["B", *shape]

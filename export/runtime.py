@@ -175,8 +175,12 @@ def _table(key: str, s: str, doc: Any, window: int, path: Path) -> StepTable:
         raise _bad(where, "an object with labels, coefficients, noise_index, noise_draws", str(err), path) from None
     n = labels.shape[0] if labels.ndim == 1 else -1
     if n < 1 or coefs.shape != (n, 2, 2 * window + 2) or index.shape != (n,):
-        raise _bad(where, f"N labels, coefficients [N, 2, {2 * window + 2}] and noise_index [N]", (
-            labels.shape, coefs.shape, index.shape), path)
+        raise _bad(
+            where,
+            f"N labels, coefficients [N, 2, {2 * window + 2}] and noise_index [N]",
+            (labels.shape, coefs.shape, index.shape),
+            path,
+        )
     if not np.isfinite(coefs).all() or np.abs(coefs).max() > 1e12:
         raise _bad(where + "[coefficients]", "finite numbers", "NaN, inf or huge values", path)
     if not np.isfinite(labels.astype(np.float64)).all():
@@ -237,7 +241,9 @@ def _read_info(meta: dict[str, str], path: Path, inputs: dict[str, list]) -> Gra
         if tables[steps].noise_draws != k or tables[steps].labels.shape[0] != nfe:
             raise _bad("sdeflow.noise_draws / sdeflow.nfe", "those of the table of sdeflow.steps", (k, nfe), path)
         if ("noise_rows" in inputs) != any(t.noise_draws > 0 for t in tables.values()):
-            raise _bad("sdeflow.dynamic_tables", "noise draws exactly when the graph has the input noise_rows", "", path)
+            raise _bad(
+                "sdeflow.dynamic_tables", "noise draws exactly when the graph has the input noise_rows", "", path
+            )
     return GraphInfo(
         sampler=_get(meta, "sdeflow.sampler", path),
         options=_json(meta, "sdeflow.sampler_options", path, dict),
@@ -380,8 +386,10 @@ class OnnxSampler:
         return session
 
     def _create(self, opts: ort.SessionOptions) -> ort.InferenceSession:
-        options = [{"enable_cuda_graph": "1"} if p == "CUDAExecutionProvider" and self._cuda_graph else {}
-                   for p in self._providers]
+        options = [
+            {"enable_cuda_graph": "1"} if p == "CUDAExecutionProvider" and self._cuda_graph else {}
+            for p in self._providers
+        ]
         if self._providers[0] != "CUDAExecutionProvider" or not self._auto:
             return ort.InferenceSession(self._model, opts, providers=self._providers, provider_options=options)
         # A CUDA EP that passed the library probe can still fail to start (no device): onnxruntime logs an error

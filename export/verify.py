@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..parametrization import ScoreModel
-from ..sampling import GridSampler, Grid, sample
+from ..sampling import Grid, GridSampler, sample
 from .runtime import OnnxSampler
 
 __all__ = ["SamplerSpec", "parity", "relative_error"]
@@ -32,7 +32,11 @@ class SamplerSpec:
     set_alpha_to_one: bool | None
 
     def reference(
-        self, model: ScoreModel, steps: int, x_T: torch.Tensor, noise: torch.Tensor | None  # noqa: N803
+        self,
+        model: ScoreModel,
+        steps: int,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None,  # noqa: N803
     ) -> torch.Tensor:
         result = sample(
             model,

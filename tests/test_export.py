@@ -121,7 +121,9 @@ def test_every_sampler_matches_sdeflow_sample(tmp_path, name, options, dynamic):
     """Relative error <= 1e-5 at B = 1, 7, 64 against sdeflow.sample on the same x_T and noise (the export check),
     and on fresh inputs independent of it; a dynamic-steps graph at each of its step counts."""
     model = _continuous()
-    report = export_sampler(model, tmp_path / "m.onnx", name, steps=S, sample_shape=(2,), dynamic_steps=dynamic, **options)
+    report = export_sampler(
+        model, tmp_path / "m.onnx", name, steps=S, sample_shape=(2,), dynamic_steps=dynamic, **options
+    )
     assert report.verified and set(report.parity) == {1, 7, 64} and max(report.parity.values()) <= 1e-5
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     assert runner.info.sampler == name and runner.info.options == report.options
@@ -131,8 +133,13 @@ def test_every_sampler_matches_sdeflow_sample(tmp_path, name, options, dynamic):
         x_T = rng.standard_normal((7, 2)).astype(np.float32)  # noqa: N806
         noise = rng.standard_normal((k, 7, 2)).astype(np.float32) if k else None
         ref = sample(
-            model, model.sde, torch.from_numpy(x_T), sampler=name, steps=steps,
-            noise=None if noise is None else torch.from_numpy(noise), **options,
+            model,
+            model.sde,
+            torch.from_numpy(x_T),
+            sampler=name,
+            steps=steps,
+            noise=None if noise is None else torch.from_numpy(noise),
+            **options,
         )
         assert ref.noise_draws == k
         assert relative_error(runner.run(x_T, noise, steps=steps), ref.samples.numpy()) < 1e-5
@@ -342,7 +349,9 @@ class _Untraceable(nn.Module):
 def test_export_errors(tmp_path):
     with pytest.raises(OnnxExportError, match="Could not trace the network into ONNX"):
         export_ddim(ScoreModel(_Untraceable("op"), VPSDE()), tmp_path / "a.onnx", steps=2, sample_shape=(2,))
-    with pytest.raises(OnnxExportError, match=r"turns a tensor into a Python value while tracing at .*test_export.py:\d+"):
+    with pytest.raises(
+        OnnxExportError, match=r"turns a tensor into a Python value while tracing at .*test_export.py:\d+"
+    ):
         export_ddim(ScoreModel(_Untraceable("item"), VPSDE()), tmp_path / "b.onnx", steps=2, sample_shape=(2,))
     with pytest.raises(ValueError, match="must return a tensor of the input's shape"):
         export_ddim(ScoreModel(_Untraceable("shape"), VPSDE()), tmp_path / "c.onnx", steps=2, sample_shape=(2,))

@@ -49,7 +49,7 @@ def _frozen_lambda(unet):
 
 
 WRAPPINGS = {
-    "lambda": lambda unet: (lambda x, t: unet(x, t).sample),  # parameters require grad, module in train mode
+    "lambda": lambda unet: lambda x, t: unet(x, t).sample,  # parameters require grad, module in train mode
     "module": Wrapper,
     "lambda-no-grad": _frozen_lambda,
 }

@@ -104,9 +104,8 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
 
 
 def test_cli_export_any_sampler_with_a_tuned_grid_and_dynamic_steps(tmp_path, capsys):
-    from sdeflow.sampling import Times, save_grid
-
     from sdeflow import ContinuousTime
+    from sdeflow.sampling import Times, save_grid
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
     tuned = save_grid(tmp_path / "tuned.json", Times((1.0, 0.5, 0.2, 0.05, 1e-3)), {"note": "test"})

@@ -91,7 +91,9 @@ class NoiseSource:
 
     def prior(self) -> Tensor:
         """z [B, *sample_shape] of stream 0 (x_T = prior_std * z)."""
-        return self._cast(np.stack([sample_rng(s, PRIOR_STREAM).standard_normal(self.sample_shape) for s in self.seeds]))
+        return self._cast(
+            np.stack([sample_rng(s, PRIOR_STREAM).standard_normal(self.sample_shape) for s in self.seeds])
+        )
 
     def __call__(self) -> Tensor:
         k = self.draws
