@@ -8,8 +8,9 @@
     contenders alike (medians).
 (2) Time to quality: the endpoint error of each sampler against a dopri5 solution (rtol = atol = 1e-6) of the same
     probability-flow ODE on the trained network, from the same x_T (64 samples); the target is DDIM-50's error.
-    For each candidate sampler the smallest S that reaches the target is found, the fastest one is exported, and
-    its onnxruntime time is compared with PyTorch eager DDIM-50 at batch 1 and 64.
+    For each candidate sampler the smallest S that reaches the target is found, the one with the fewest
+    evaluations is exported, and its onnxruntime time is compared with PyTorch eager DDIM-50 at batch 1 and 64
+    (``sdeflow.export.quickstart.time_to_quality``, which ``sdeflow quickstart`` also reports).
 With ``--cuda``: the CUDA execution provider with I/O binding and with CUDA graphs against PyTorch eager and a
 PyTorch CUDA graph of the same plan (``PlanModule``), for DDIM-50 and the best sampler of (2) at its S.
 """
@@ -28,19 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from sdeflow.export import OnnxSampler, export_sampler
+from sdeflow.export.quickstart import CANDIDATES, time_to_quality
 from sdeflow.export.verify import relative_error
 
 from sdeflow import DDPMTimesteps, load
-from sdeflow.sampling import DDIM, DEIS, IPNDM, DPMSolverPP, ODESolver, UniPC, make_sampler, sample
-
-CANDIDATES = {
-    "dpmsolver++ (2M)": DPMSolverPP(order=2),
-    "dpmsolver++ (3M)": DPMSolverPP(order=3),
-    "unipc (bh2, p=2)": UniPC(order=2),
-    "unipc (bh2, p=3)": UniPC(order=3),
-    "deis (p=3)": DEIS(order=3),
-    "ipndm (p=4)": IPNDM(order=4),
-}
+from sdeflow.sampling import DDIM, make_sampler, sample
 
 
 def _timeit(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float) -> dict[str, float]:
@@ -94,60 +87,6 @@ def wall_times(model, shape, samplers: dict, steps: list[int], batches: list[int
                     flush=True,
                 )
     return rows
-
-
-def time_to_quality(model, shape, batches: list[int], repeats: int, tmp: Path, max_steps: int = 25) -> dict:
-    """(2): the fastest exported sampler that reaches DDIM-50's endpoint error, against eager DDIM-50."""
-    x = torch.from_numpy(_draw(model, shape, 64))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        ref_res = sample(model, model.sde, x, sampler=ODESolver("dopri5", rtol=1e-6, atol=1e-6))
-    ref = ref_res.samples.numpy()
-    print(f"dopri5 reference: NFE {ref_res.nfe}, {time.perf_counter() - t0:.1f} s", flush=True)
-    target = relative_error(_eager(model, x, DDIM(), 50), ref)
-    print(f"target: DDIM-50 endpoint error {target:.3e} (relative, 64 samples)", flush=True)
-    best: dict | None = None
-    found = {}
-    for label, smp in CANDIDATES.items():
-        for s in range(2, max_steps + 1):
-            err = relative_error(_eager(model, x, smp, s), ref)
-            if err <= target:
-                found[label] = {"steps": s, "error": err}
-                print(f"  {label}: S = {s} reaches it (error {err:.3e})", flush=True)
-                break
-        else:
-            print(f"  {label}: not within S <= {max_steps}", flush=True)
-    if not found:
-        raise SystemExit("no candidate reached DDIM-50's error")
-    label = min(found, key=lambda k: (found[k]["steps"], list(CANDIDATES).index(k)))
-    best = {"sampler": label, **found[label]}
-    smp, s = CANDIDATES[label], found[label]["steps"]
-    rep = export_sampler(model, tmp / "best.onnx", smp, steps=s, sample_shape=shape)
-    runner = OnnxSampler(rep.path, providers="cpu", threads=1)
-    onnx_err = relative_error(runner.run(x.numpy()), ref)
-    out = {
-        "target_error": target,
-        "reference_nfe": ref_res.nfe,
-        "candidates": found,
-        "best": best,
-        "best_onnx_error": onnx_err,
-        "batches": {},
-    }
-    for b in batches:
-        xb = x[:b].contiguous()
-        fns = {"eager DDIM-50": partial(_eager, model, xb, DDIM(), 50), "ort best": partial(runner.run, xb.numpy())}
-        med = _timeit(fns, repeats, budget_s=40.0)
-        out["batches"][b] = {
-            "eager_ddim50_ms": 1e3 * med["eager DDIM-50"],
-            "ort_best_ms": 1e3 * med["ort best"],
-            "speedup": med["eager DDIM-50"] / med["ort best"],
-        }
-        print(
-            f"  B={b}: eager DDIM-50 {1e3 * med['eager DDIM-50']:.1f} ms, onnxruntime {label} S={s} "
-            f"{1e3 * med['ort best']:.2f} ms: {med['eager DDIM-50'] / med['ort best']:.1f}x",
-            flush=True,
-        )
-    return out
 
 
 def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:  # noqa: ANN001
@@ -254,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             steps = [int(s) for s in args.steps.split(",")]
             results["wall"] = wall_times(model, shape, samplers, steps, batches, args.repeats, Path(tmp))
         print("\ntime to quality:", flush=True)
-        results["quality"] = ttq = time_to_quality(model, shape, batches, args.repeats, Path(tmp))
+        results["quality"] = ttq = time_to_quality(
+            model, shape, tmp, batches=tuple(batches), repeats=args.repeats, log=lambda m: print(m, flush=True)
+        )
         if args.cuda:
             print("\n| sampler | batch | contender | ms | speed-up |\n|---|---:|---|---:|---:|", flush=True)
-            best = ttq["best"]
-            results["cuda"] = bench_cuda(model, shape, best["steps"], best["sampler"], batches, args.repeats, Path(tmp))
+            results["cuda"] = bench_cuda(model, shape, ttq["best_steps"], ttq["best"], batches, args.repeats, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
