@@ -162,7 +162,7 @@ def test_quickstart_export_reports_parity_and_speed(tmp_path):
     from sdeflow import ContinuousTime
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
-    out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1)
+    out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1, quality=False)
     assert out["verified"] and Path(out["onnx"]).is_file()
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
     assert out["speedup"] == pytest.approx(out["pytorch_ms"] / out["onnxruntime_ms"], rel=0.05)
@@ -176,3 +176,20 @@ def test_package_import_is_lazy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
+    """The quickstart's figure: the best exported sampler's S reaches DDIM-50's error against dopri5, and its
+    onnxruntime graph reproduces that error."""
+    from sdeflow.export.quickstart import time_to_quality
+    from sdeflow.sampling import DPMSolverPP, UniPC
+
+    from sdeflow import ContinuousTime, load
+
+    ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
+    candidates = {"dpm": DPMSolverPP(order=2), "unipc": UniPC(order=3)}
+    out = time_to_quality(ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1)
+    best = out["reached"][out["best"]]
+    assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
+    assert out["best_onnx_error"] <= out["target_ddim50_error"] * 1.01 + 1e-6
+    assert set(out["batches"]) == {"1", "4"} and all(v["speedup"] > 0 for v in out["batches"].values())

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
           f"{max(onnx_report['parity_rel_error'].values()):.1e}; onnxruntime {onnx_report['speedup']}x "
           f"PyTorch at batch {onnx_report['batch']}")
     ttq = onnx_report.get("time_to_quality")
-    if ttq:
+    if ttq and "best" in ttq:
         speed = ", ".join(f"{v['speedup']}x at batch {b}" for b, v in ttq["batches"].items())
         print(f"time to DDIM-50's quality: {ttq['best']} with {ttq['best_steps']} steps under onnxruntime is {speed} "
               "faster than PyTorch eager DDIM-50")
