@@ -182,9 +182,9 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
     """The quickstart's figure: the best exported sampler's S reaches DDIM-50's error against dopri5, and its
     onnxruntime graph reproduces that error."""
     from sdeflow.export.quickstart import time_to_quality
-    from sdeflow.sampling import DPMSolverPP, UniPC
 
     from sdeflow import ContinuousTime, load
+    from sdeflow.sampling import DPMSolverPP, UniPC
 
     ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
     candidates = {"dpm": DPMSolverPP(order=2), "unipc": UniPC(order=3)}
