@@ -33,7 +33,7 @@ from ..sampling import DDIM, GridSampler, Times, Timesteps, compile_plan, load_g
 from ..sampling.names import make_grid, make_sampler
 from ..sampling.plan import Plan
 from .graph import NetCall, PlanModule, ScanStep
-from .onnx_graphs import has_subgraphs, scan_graph, scan_tables, unrolled_graph
+from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
 from .runtime import FORMAT, OnnxSampler
 from .verify import SamplerSpec, parity
 
@@ -76,10 +76,6 @@ class ExportReport:
     reference: str
     export_seconds: float
     tracer_warnings: tuple[str, ...] = field(default=())
-
-    @property
-    def eta(self) -> float:
-        return float(self.options.get("eta", 0.0))
 
     @property
     def parity_ok(self) -> bool:
@@ -437,7 +433,7 @@ class _Tables:
 
     window: int
     labels: dict[int, np.ndarray]
-    rows: dict[int, Any]
+    rows: dict[int, ScanTables]
     stochastic: bool
 
 

@@ -111,16 +111,8 @@ class GraphInfo:
     sdeflow_version: str
     properties: dict
 
-    @property
-    def eta(self) -> float:
-        """DDIM's eta (0 for the other samplers' options)."""
-        return float(self.options.get("eta", 0.0))
-
-    @property
-    def stochastic(self) -> bool:
-        return self.noise_draws > 0 or any(t.noise_draws > 0 for t in self.tables.values())
-
     def noise_draws_for(self, steps: int) -> int:
+        """K, the normals the sampler draws with ``steps`` steps (the first dimension of ``noise``)."""
         return self.tables[steps].noise_draws if self.tables else self.noise_draws
 
 
