@@ -559,7 +559,6 @@ def _set_metadata(
         props["sdeflow.dynamic_tables"] = json.dumps(
             {
                 "window": tables.window,
-                "label_dtype": "int64" if next(iter(tables.labels.values())).dtype == np.int64 else "float32",
                 "steps": {
                     str(s): {
                         "labels": tables.labels[s].tolist(),

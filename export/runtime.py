@@ -327,6 +327,8 @@ class OnnxSampler:
         self._providers = first.get_providers()  # what actually loaded; later sessions ask for just that
         self._auto = False
         dims = {i.name: list(i.shape) for i in first.get_inputs()}
+        types = {i.name: i.type for i in first.get_inputs()}
+        self._label_dtype = np.int64 if types.get("labels") == "tensor(int64)" else np.float32  # Scan graphs
         self.info = _read_info(first.get_modelmeta().custom_metadata_map, self.path, dims)
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self.input_names = list(dims)
@@ -463,7 +465,7 @@ class OnnxSampler:
             raise ValueError(f"This {info.sampler} graph is deterministic (K = 0) and takes no `noise`; pass None.")
         if info.dynamic_steps:
             table = info.tables[s]
-            feeds["labels"] = table.labels.astype(np.int64 if table.labels.dtype.kind in "iu" else np.float32)
+            feeds["labels"] = table.labels.astype(self._label_dtype)
             feeds["coefficients"] = table.coefficients
             if "noise_rows" in self.input_names:
                 rows = np.zeros((table.labels.shape[0], b, *info.sample_shape), np.float32)

@@ -185,6 +185,19 @@ def test_integer_timestep_ddpm_network(tmp_path):
     assert relative_error(runner.run(x_T, noise), ref.samples.numpy()) < 1e-5
 
 
+def test_integer_timestep_scan_graph_with_a_deterministic_step_count(tmp_path):
+    """Scan labels keep the network's int64 dtype; DDPM with S = 1 draws no noise (K = 0) in a stochastic graph."""
+    model = ScoreModel(IntegerTimestepNet(), VPSDE(), prediction="eps", time_label=DDPMTimesteps(1000, integer=True))
+    report = export_sampler(model, tmp_path / "d.onnx", "ddpm", steps=4, sample_shape=(2,), dynamic_steps=(1, 2))
+    assert report.verified and report.parity_steps[1] <= 1e-5
+    runner = OnnxSampler(report.path, providers="cpu", threads=1)
+    assert [runner.info.noise_draws_for(s) for s in (1, 2, 4)] == [0, 1, 3]
+    x_T, noise = runner.draw(3, seed=0, steps=1)  # noqa: N806
+    assert noise is None
+    ref = sample(model, model.sde, torch.from_numpy(x_T), sampler="ddpm", steps=1).samples.numpy()
+    assert relative_error(runner.run(x_T, steps=1), ref) < 1e-5
+
+
 def test_tuned_grid_file_is_exported_with_its_source(tmp_path):
     from sdeflow.sampling import Times, save_grid
 
