@@ -35,7 +35,7 @@ from ..sampling.plan import Plan
 from .graph import NetCall, PlanModule, ScanStep
 from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
 from .runtime import FORMAT, OnnxSampler
-from .verify import SamplerSpec, parity
+from .verify import SamplerSpec, float32_floor, parity
 
 __all__ = ["export_sampler", "export_ddim", "ExportReport", "OnnxExportError", "DEFAULT_DYNAMIC_STEPS"]
 
@@ -411,6 +411,14 @@ def export_sampler(
         )
         if strict and not (report.verified if verify else checker_ok and shapes_ok):
             hint = f" Tracer warnings: {'; '.join(report.tracer_warnings)}." if report.tracer_warnings else ""
+            if verify and checker_ok and shapes_ok and all(np.isfinite(e) for e in errors.values()):
+                floor = float32_floor(score_model, runner, spec, steps, int(batch_sizes[0]), seed)
+                if np.isfinite(floor):
+                    hint += (
+                        f" For scale: sdeflow.sample itself differs from its own float64 run by {floor:.1e} here "
+                        "(how much this sampler and grid amplify float32 rounding); if that is near the errors above, "
+                        "the graph is right and `rtol` too tight for this sampler and grid: pass a larger rtol."
+                    )
             kept = "the previous file there is untouched" if path.exists() else "nothing was written"
             raise OnnxExportError(f"The exported graph failed verification ({kept}): {report.summary()}.{hint}")
         umask = os.umask(0)

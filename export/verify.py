@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..parametrization import ScoreModel
 from ..sampling import Grid, GridSampler, sample
 from .runtime import OnnxSampler
 
-__all__ = ["SamplerSpec", "parity", "relative_error"]
+__all__ = ["SamplerSpec", "parity", "relative_error", "float32_floor"]
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -71,3 +72,21 @@ def parity(
         ref = spec.reference(model, steps, torch.from_numpy(x_T), None if noise is None else torch.from_numpy(noise))
         errors[int(b)] = relative_error(runner.run(x_T, noise, steps=steps, allow_nonfinite=True), ref.numpy())
     return errors
+
+
+def float32_floor(
+    model: ScoreModel, runner: OnnxSampler, spec: SamplerSpec, steps: int, batch: int, seed: int
+) -> float:
+    """||x0_float32 - x0_float64|| / ||x0_float64|| of ``sdeflow.sample`` itself on the verification inputs: how
+    much this sampler and grid amplify float32 rounding. Two float32 implementations (PyTorch's fused a + c b and
+    onnxruntime's Mul then Add, say) cannot be expected to agree more closely. NaN when the network cannot run in
+    float64 (a callable closing over float32 modules, say)."""
+    x_T, noise = runner.draw(batch, seed, steps)  # noqa: N806
+    z = None if noise is None else torch.from_numpy(noise)
+    try:
+        model64 = copy.deepcopy(model).double()
+        x64 = spec.reference(model64, steps, torch.from_numpy(x_T).double(), None if z is None else z.double())
+    except (RuntimeError, TypeError, ValueError):
+        return float("nan")
+    x32 = spec.reference(model, steps, torch.from_numpy(x_T), z)
+    return relative_error(x32.numpy(), x64.numpy())

@@ -406,9 +406,13 @@ def test_failed_export_leaves_the_previous_file_untouched(tmp_path, monkeypatch)
         export_ddim(ScoreModel(_Untraceable("op"), VPSDE()), path, steps=2, sample_shape=(2,))
     # failed verification: the graph computes something else than sdeflow.sample
     monkeypatch.setattr("sdeflow.export.verify.relative_error", lambda a, b: 1.0)
-    with pytest.raises(OnnxExportError, match="failed verification \\(the previous file there is untouched\\)"):
+    with pytest.raises(OnnxExportError, match=r"failed verification \(the previous file there is untouched\)"):
         export_sampler(_continuous(), path, "unipc", steps=3, sample_shape=(2,), batch_sizes=(1,))
     assert path.read_bytes() == before and first.verified
+    # a network that runs in float64 gets the float32 rounding scale of sdeflow.sample in the message
+    mlp = ScoreModel(IntegerTimestepNet(), VPSDE(), "eps", DDPMTimesteps(1000, integer=True))
+    with pytest.raises(OnnxExportError, match=r"differs from its own float64 run by 1.0e\+00 here"):
+        export_sampler(mlp, path, "unipc", steps=3, sample_shape=(2,), batch_sizes=(1,))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left behind
 
 
