@@ -347,6 +347,13 @@ def export_sampler(
     t0 = time.perf_counter()
     score_model, shape, data_info = _resolve(model_or_checkpoint, sample_shape)
     smp = make_sampler(sampler, **options)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"`rtol` must be a number in (0, 1); got {rtol!r}. Use e.g. rtol=1e-5.")
+    if verify and (
+        not batch_sizes
+        or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in batch_sizes)
+    ):
+        raise ValueError(f"`batch_sizes` must be a non-empty tuple of integers >= 1; got {batch_sizes!r}.")
     if not isinstance(smp, GridSampler):
         raise ValueError(
             f"`sampler` {smp.name!r} is a torchdiffeq / torchsde solver: its steps are chosen by the solver and "
@@ -430,7 +437,9 @@ def export_sampler(
     return report
 
 
-def export_ddim(model_or_checkpoint: Any, path: str | Path, steps: int = 50, eta: float = 0.0, **kwargs: Any):
+def export_ddim(
+    model_or_checkpoint: Any, path: str | Path, steps: int = 50, eta: float = 0.0, **kwargs: Any
+) -> ExportReport:
     """``export_sampler(model_or_checkpoint, path, sampler=DDIM(eta=eta), steps=steps, **kwargs)``."""
     return export_sampler(model_or_checkpoint, path, sampler=DDIM(eta=eta), steps=steps, **kwargs)
 

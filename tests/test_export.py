@@ -387,6 +387,10 @@ def test_export_errors(tmp_path):
         export_sampler(model, tmp_path / "k.onnx", "unipc", steps=2, sample_shape=(2,), eta=0.5)
     with pytest.raises(TypeError, match="`dynamic_steps` must be None, True or a sequence"):
         export_sampler(model, tmp_path / "l.onnx", "ddim", steps=2, sample_shape=(2,), dynamic_steps="5")
+    with pytest.raises(ValueError, match=r"`rtol` must be a number in \(0, 1\)"):
+        export_sampler(model, tmp_path / "m.onnx", "ddim", steps=2, sample_shape=(2,), rtol=float("nan"))
+    with pytest.raises(ValueError, match="`batch_sizes` must be a non-empty tuple"):
+        export_sampler(model, tmp_path / "n.onnx", "ddim", steps=2, sample_shape=(2,), batch_sizes=())
     assert not any(tmp_path.iterdir())  # nothing written on failure, no temporary files left
 
 
