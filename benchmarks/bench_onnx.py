@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,64")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--skip-wall", action="store_true", help="only the time-to-quality part (2)")
+    p.add_argument(
+        "--tune",
+        default="unipc (bh2, p=2);dpmsolver++ (2M);unipc (bh2, p=3)",
+        help="candidates of (2) also tried on tuned grids (labels separated by ';'; '' for none)",
+    )
     p.add_argument("--cuda", action="store_true", help="GPU: CUDA EP and CUDA graphs vs PyTorch eager / CUDA graphs")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = p.parse_args(argv)
@@ -194,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             results["wall"] = wall_times(model, shape, samplers, steps, batches, args.repeats, Path(tmp))
         print("\ntime to quality:", flush=True)
         results["quality"] = ttq = time_to_quality(
-            model, shape, tmp, batches=tuple(batches), repeats=args.repeats, log=lambda m: print(m, flush=True)
+            model,
+            shape,
+            tmp,
+            batches=tuple(batches),
+            repeats=args.repeats,
+            tune=tuple(t for t in args.tune.split(";") if t),
+            log=lambda m: print(m, flush=True),
         )
         if args.cuda:
             print("\n| sampler | batch | contender | ms | speed-up |\n|---|---:|---|---:|---:|", flush=True)

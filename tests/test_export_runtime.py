@@ -188,7 +188,9 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
 
     ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
     candidates = {"dpm": DPMSolverPP(order=2), "unipc": UniPC(order=3)}
-    out = time_to_quality(ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1)
+    out = time_to_quality(
+        ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1, tune=("dpm",)
+    )
     best = out["reached"][out["best"]]
     assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
     assert out["best_onnx_error"] <= out["target_ddim50_error"] * 1.01 + 1e-6
