@@ -196,7 +196,8 @@ def time_to_quality(
                 grid = tune_times(model, smp, s, x_cal, ref_cal)
                 err = relative_error(run(smp, s, grid=grid).numpy(), ref)
                 if err <= target:
-                    path = save_grid(Path(out_dir) / f"tuned_{smp.name}_{s}.json", grid, {"sampler": repr(smp)})
+                    name = f"tuned_{list(candidates).index(label)}_{smp.name}_{s}.json"  # one file per candidate
+                    path = save_grid(Path(out_dir) / name, grid, {"sampler": repr(smp), "steps": s})
                     reached[f"{label}, tuned grid"] = {"steps": s, "nfe": s, "error": err, "grid": str(path)}
                     say(f"  {label}, tuned grid: S = {s} reaches it, error {err:.3e} (held-out samples)")
                     break
