@@ -11,15 +11,11 @@ batch sizes, and only then moved to ``path``: a failed export leaves an existing
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import linecache
 import os
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +31,12 @@ from ..sampling.plan import Plan
 from .graph import NetCall, PlanModule, ScanStep
 from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
 from .runtime import FORMAT, OnnxSampler
+from .trace import OnnxExportError, broadcasts_label, check_model, frozen, trace
 from .verify import SamplerSpec, float32_floor, parity
 
 __all__ = ["export_sampler", "export_ddim", "ExportReport", "OnnxExportError", "DEFAULT_DYNAMIC_STEPS"]
 
-OPSET = 17
 DEFAULT_DYNAMIC_STEPS = (5, 10, 20, 50)  # dynamic_steps=True: these and the exported `steps`
-
-
-class OnnxExportError(RuntimeError):
-    """The network could not be exported to ONNX, or the exported graph does not reproduce PyTorch."""
 
 
 @dataclass(frozen=True)
@@ -120,148 +112,6 @@ def _resolve(model: Any, sample_shape: Sequence[int] | None) -> tuple[ScoreModel
     if not shape or min(shape) < 1:
         raise ValueError(f"`sample_shape` must be a non-empty tuple of positive ints; got {sample_shape!r}.")
     return model, shape, data_info
-
-
-def _modules_of(net: Any) -> list[torch.nn.Module]:
-    """The modules a network callable uses: itself, or what a function or lambda closes over (closure cells,
-    defaults, the globals it names, a bound method's object, a functools.partial's function and arguments)."""
-    seen: list[torch.nn.Module] = []
-
-    def visit(obj: Any, depth: int) -> None:
-        if isinstance(obj, torch.nn.Module):
-            if not any(obj is m for m in seen):
-                seen.append(obj)
-            return
-        if depth > 2:
-            return
-        if hasattr(obj, "func") and hasattr(obj, "args"):  # functools.partial
-            for v in (obj.func, *obj.args, *(obj.keywords or {}).values()):
-                visit(v, depth + 1)
-        if hasattr(obj, "__self__"):
-            visit(obj.__self__, depth + 1)
-        code = getattr(obj, "__code__", None)
-        if code is not None:
-            for cell in getattr(obj, "__closure__", None) or ():
-                with contextlib.suppress(ValueError):  # an empty cell
-                    visit(cell.cell_contents, depth + 1)
-            for v in getattr(obj, "__defaults__", None) or ():
-                visit(v, depth + 1)
-            glb = getattr(obj, "__globals__", {})
-            for name in code.co_names:
-                if name in glb:
-                    visit(glb[name], depth + 1)
-
-    visit(net, 0)
-    return seen
-
-
-@contextlib.contextmanager
-def _frozen(net: Any) -> Iterator[None]:
-    """Eval mode and requires_grad False on every parameter the network uses, restored afterwards: the tracer
-    refuses to insert a tensor that requires grad as a constant (parameters of modules a lambda closes over)."""
-    modules = _modules_of(net)
-    params = {id(p): p for m in modules for p in m.parameters()}
-    grads = {k: p.requires_grad for k, p in params.items()}
-    modes = [(m, m.training) for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        for p in params.values():
-            p.requires_grad_(False)
-        yield
-    finally:
-        for k, p in params.items():
-            p.requires_grad_(grads[k])
-        for m, mode in modes:
-            m.train(mode)
-
-
-def _broadcasts_label(net: Any, shape: tuple[int, ...], label: torch.Tensor) -> bool:
-    """Whether net(x, label[1]) equals net(x, label.expand(B)) (then the time pathway can be constant-folded)."""
-    x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        full = net(x, label.reshape(1).expand(3))
-        try:
-            one = net(x, label.reshape(1))
-        except Exception:  # noqa: BLE001 - any failure means "does not broadcast"
-            return False
-    return isinstance(one, torch.Tensor) and one.shape == full.shape and torch.allclose(one, full, rtol=1e-5, atol=1e-6)
-
-
-def _is_shape_check(filename: str, lineno: int) -> bool:
-    """Whether the source line is an ``assert`` or a test on a tensor's shape (diffusers' downsampling.py and
-    upsampling.py assert on channel counts and branch on ``hidden_states.shape[0] >= 64`` and ``numel()``): the
-    value is frozen in the graph but depends on shapes only, so the parity check (at batch sizes 1, 7, 64 by
-    default) decides."""
-    line = linecache.getline(filename, lineno).strip()
-    return line.startswith("assert ") or any(k in line for k in (".shape", ".size(", ".numel(", ".dim(", ".ndim"))
-
-
-def _trace(
-    module: torch.nn.Module, args: tuple, names: list[str], outputs: list[str], dynamic: dict
-) -> tuple[onnx.ModelProto, list[str]]:
-    """``torch.onnx.export(dynamo=False)`` of ``module`` -> (model, tracer warnings let through as 'file:line: msg')."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    args,
-                    buf,
-                    input_names=names,
-                    output_names=outputs,
-                    dynamic_axes=dynamic,
-                    opset_version=OPSET,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-        except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "not exportable"
-            msg = str(err).splitlines()[0][:400] if str(err) else ""
-            if "requires grad" in msg:
-                raise OnnxExportError(
-                    f"Could not trace the network: {msg}. A tensor that requires grad and is not a parameter of the "
-                    "traced module (e.g. a tensor a lambda closes over) cannot become a graph constant; call "
-                    ".requires_grad_(False) on it or make it a parameter or buffer of an nn.Module network."
-                ) from err
-            raise OnnxExportError(
-                f"Could not trace the network into ONNX ({type(err).__name__}: {msg}). The exporter needs a forward "
-                "pass that torch.jit.trace can follow: tensor operations with ONNX equivalents, no data-dependent "
-                "Python control flow, no .item()/.numpy()/.tolist() on tensors."
-            ) from err
-    torch_dir = str(Path(torch.__file__).parent)  # torch's own shape checks (e.g. group_norm's) are benign
-    kept: list[str] = []
-    for w in caught:
-        if not issubclass(w.category, torch.jit.TracerWarning):
-            continue
-        where = f"{w.filename}:{w.lineno}"
-        text = str(w.message).splitlines()[0].split(" might ")[0]
-        if text.startswith("Converting a tensor to a") and not str(w.filename).startswith(torch_dir):
-            if not _is_shape_check(w.filename, w.lineno):
-                src = linecache.getline(w.filename, w.lineno).strip()
-                raise OnnxExportError(
-                    f"The network's forward turns a tensor into a Python value while tracing at {where} "
-                    f"(`{src}`): the ONNX graph would freeze that value (data-dependent control flow or "
-                    ".item()/.numpy()). Express it with tensor operations (torch.where instead of if, no .item()) "
-                    "and export again."
-                )
-        kept.append(f"{where}: {text}")
-    return onnx.load_from_string(buf.getvalue()), kept
-
-
-def _check(model: onnx.ModelProto) -> tuple[bool, bool]:
-    try:
-        onnx.checker.check_model(model)
-        checker_ok = True
-    except onnx.checker.ValidationError:
-        checker_ok = False
-    try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        shapes_ok = True
-    except Exception:  # noqa: BLE001 - onnx raises InferenceError and friends
-        shapes_ok = False
-    return checker_ok, shapes_ok
 
 
 def _as_grid(grid: Any, smp: GridSampler, discrete: bool) -> Any:
@@ -377,7 +227,7 @@ def export_sampler(
 
     proto, tracer = _build(score_model.net, plan, score_model, shape, tables, fold_time_embedding, seed)
     _set_metadata(proto, score_model, smp, gobj, plan, shape, eps, set_alpha_to_one, tables, data_info)
-    checker_ok, shapes_ok = _check(proto)
+    checker_ok, shapes_ok = check_model(proto)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -489,7 +339,7 @@ def _build(
     labels = _labels(model, plan)
     label0 = torch.from_numpy(labels[:1]).reshape(())
     x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed))
-    with _frozen(net):
+    with frozen(net):
         try:
             with torch.no_grad():
                 out = net(x, label0.reshape(1).expand(2))
@@ -501,7 +351,7 @@ def _build(
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"The network must return a tensor of the input's shape {tuple(x.shape)}; got {got}.")
-        broadcast = fold and _broadcasts_label(net, shape, label0)
+        broadcast = fold and broadcasts_label(net, shape, label0)
         if tables is not None:
             w = tables.window
             hist = torch.zeros((w, *x.shape))
@@ -511,10 +361,10 @@ def _build(
             outs = ["x_next", "s_next", "outs_next", "ins_next"]
             dims = {n: {0: "B"} for n in ("x", "s", "z", "x_next", "s_next")}
             dims.update({n: {1: "B"} for n in ("outs", "ins", "outs_next", "ins_next")})
-            step, tracer = _trace(ScanStep(net, broadcast, w, tables.stochastic), args, names, outs, dims)
+            step, tracer = trace(ScanStep(net, broadcast, w, tables.stochastic), args, names, outs, dims)
             elem = onnx.TensorProto.INT64 if labels.dtype == np.int64 else onnx.TensorProto.FLOAT
             return scan_graph(step, shape, elem, tables.stochastic, w), tracer
-        call, tracer = _trace(
+        call, tracer = trace(
             NetCall(net, broadcast), (x, label0), ["x", "label"], ["out"], {"x": {0: "B"}, "out": {0: "B"}}
         )
         if not has_subgraphs(call.graph):
@@ -526,7 +376,7 @@ def _build(
         k = plan.noise_draws
         args = (x, torch.randn((k, 2, *shape))) if k else (x,)
         names = ["x_T"] + (["noise"] if k else [])
-        return _trace(module, args, names, ["x_0"], {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}})
+        return trace(module, args, names, ["x_0"], {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}})
 
 
 def _set_metadata(

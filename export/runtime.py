@@ -236,6 +236,8 @@ def _read_info(meta: dict[str, str], path: Path, inputs: dict[str, list]) -> Gra
             raise _bad(
                 "sdeflow.dynamic_tables", "noise draws exactly when the graph has the input noise_rows", "", path
             )
+    if "sdeflow.data" in meta:  # optional (checkpoints record their data); read by picture writers
+        _json(meta, "sdeflow.data", path, dict)
     return GraphInfo(
         sampler=_get(meta, "sdeflow.sampler", path),
         options=_json(meta, "sdeflow.sampler_options", path, dict),

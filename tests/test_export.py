@@ -309,6 +309,8 @@ def _edited(path, tmp_path, key: str, value: str | None):
         ("sdeflow.sampler", None, "'sdeflow.sampler' is missing"),
         ("sdeflow.sampler_options", "[]", "'sdeflow.sampler_options' must be a JSON dict"),
         ("sdeflow.format", "sdeflow-ddim/1", "not an sdeflow sampler graph"),
+        ("sdeflow.data", "[1, 2]", "'sdeflow.data' must be a JSON dict"),
+        ("sdeflow.grid", "", "'sdeflow.grid' must be JSON"),
     ],
 )
 def test_metadata_is_validated(stochastic, tmp_path, key, value, match):
