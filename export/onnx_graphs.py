@@ -220,7 +220,9 @@ def scan_tables(plan: Plan, window: int | None = None) -> ScanTables:
     return ScanTables(table, np.asarray(noise_index, dtype=np.int64), w, draws)
 
 
-def scan_graph(step: onnx.ModelProto, shape: tuple[int, ...], label_elem: int, stochastic: bool, window: int):
+def scan_graph(
+    step: onnx.ModelProto, shape: tuple[int, ...], label_elem: int, stochastic: bool, window: int
+) -> onnx.ModelProto:
     """Scan over the traced ``ScanStep``: inputs x_T [B, ...], labels [N], coefficients [N, 2, 2W + 2] and (when
     ``stochastic``) noise_rows [N, B, ...] (row i: the noise of evaluation i, zeros where it draws none) -> x_0."""
     body = step.graph
