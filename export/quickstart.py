@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..parametrization import DDPMTimesteps, ScoreModel
@@ -19,20 +18,20 @@ from ..sampling import (
     DPMSolverPP,
     GridSampler,
     ODESolver,
-    Quadratic,
     Times,
     UniPC,
+    calibration_reference,
     compile_plan,
     make_grid,
     sample,
     save_grid,
+    tune_grid,
 )
-from ..sampling.api import build_grid
 from .onnx_export import export_sampler
 from .runtime import OnnxSampler, draw_inputs
 from .verify import SamplerSpec, relative_error
 
-__all__ = ["quickstart_export", "time_to_quality", "tune_times", "CANDIDATES"]
+__all__ = ["quickstart_export", "time_to_quality", "CANDIDATES"]
 
 # the exported samplers that compete for DDIM-50's quality in the fewest steps (each on its default grid)
 CANDIDATES: dict[str, GridSampler] = {
@@ -154,9 +153,10 @@ def time_to_quality(
     time t = eps. The target is DDIM-50's error; each candidate's smallest S <= ``max_steps`` that reaches it is
     found in PyTorch, the candidate with the fewest evaluations is exported (unrolled and as a Scan) and timed under
     onnxruntime against ``sdeflow.sample`` DDIM-50 in eager PyTorch at each batch size, one thread each,
-    interleaved; ``speedup`` uses the faster graph form. The candidates named in ``tune`` are also tried on tuned
-    grids (``tune_times`` on 16 calibration samples, seeds seed + 1000 + i, checked on the ``n`` test samples), for
-    S below their smallest S on the default grid; a tuned grid is saved as JSON next to the graph, which records it.
+    interleaved; ``speedup`` uses the faster graph form. The candidates named in ``tune`` are also tried on grids
+    tuned by ``sdeflow.tune_grid`` (32 calibration samples, seeds seed + 1000 + i; the error is on the ``n`` test
+    samples), for S below their smallest S on the default grid; a tuned grid is saved as JSON next to the graph,
+    which records it as its ``source``.
     Continuous-time networks only (DDPM-timestep networks end at abar = 1, not on the ODE's t = eps).
     """
     if isinstance(model.time_label, DDPMTimesteps):
@@ -188,22 +188,22 @@ def time_to_quality(
                     break
             else:
                 say(f"  {label}: not within S <= {max_steps}")
-        if tune:
+        if tune:  # sdeflow.tune_grid (GITS dynamic programming + compass search) on separate calibration x_T
             x_cal = torch.from_numpy(
-                draw_inputs([seed + 1000 + i for i in range(16)], sample_shape, model.sde.prior_std, 0)[0]
+                draw_inputs([seed + 1000 + i for i in range(32)], sample_shape, model.sde.prior_std, 0)[0]
             )
-            ref_cal = run(ODESolver("dopri5", rtol=1e-6, atol=1e-6), xb=x_cal).numpy()
+            calib = calibration_reference(model, model.sde, x_cal)
         for label in tune:
             smp = candidates[label]
             upto = reached.get(label, {"steps": max_steps + 1})["steps"]
             for s in range(max(2, upto // 2), upto):
-                grid = tune_times(model, smp, s, x_cal, ref_cal)
-                err = relative_error(run(smp, s, grid=grid).numpy(), ref)
+                tuned = tune_grid(model, model.sde, smp, s, reference=calib, max_evals=150)
+                err = relative_error(run(smp, tuned.steps, grid=tuned.grid).numpy(), ref)
                 if err <= target:
                     name = f"tuned_{list(candidates).index(label)}_{smp.name}_{s}.json"  # one file per candidate
-                    path = save_grid(Path(out_dir) / name, grid, {"sampler": repr(smp), "steps": s})
-                    reached[f"{label}, tuned grid"] = {"steps": s, "nfe": s, "error": err, "grid": str(path)}
-                    say(f"  {label}, tuned grid: S = {s} reaches it, error {err:.3e} (held-out samples)")
+                    path = save_grid(Path(out_dir) / name, tuned.grid, tuned.info())
+                    reached[f"{label}, tuned grid"] = {"steps": tuned.steps, "nfe": s, "error": err, "grid": str(path)}
+                    say(f"  {label}, tuned grid: S = {tuned.steps} reaches it, error {err:.3e} (held-out samples)")
                     break
         if not reached:
             raise ValueError(f"no candidate reached DDIM-50's error {target:.3e} within {max_steps} steps")
@@ -249,44 +249,3 @@ def time_to_quality(
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-def tune_times(
-    model: ScoreModel, sampler: GridSampler, steps: int, x: torch.Tensor, ref: np.ndarray, eps: float = 1e-3
-) -> Times:
-    """The S + 1 times from T to ``eps`` that minimise ``sampler``'s endpoint error ||x_0 - ref|| / ||ref|| on the
-    calibration points ``x`` (``ref``: their exact endpoints), by coordinate descent from the quadratic grid.
-
-    Parametrisation: t_k = T - (T - eps) sum_{j<k} softmax(w)_j (k = 0..S), so every w gives a strictly
-    decreasing grid from T to eps; each sweep tries w_j +- d and keeps an improvement, halving d when a sweep
-    finds none, down to d = 1/32."""
-    T = model.sde.T  # noqa: N806
-    init = build_grid(model, model.sde, Quadratic(), steps, eps=eps, set_alpha_to_one=False).t.numpy()
-    w = np.log(-np.diff(init))
-
-    def grid(w: np.ndarray) -> Times:
-        inc = np.exp(w - w.max())
-        frac = np.concatenate([[0.0], np.cumsum(inc) / inc.sum()])
-        times = T - (T - eps) * frac
-        times[-1] = eps
-        return Times(tuple(float(t) for t in times))
-
-    def error(w: np.ndarray) -> float:
-        with torch.no_grad():
-            out = sample(model, model.sde, x, sampler=sampler, steps=steps, grid=grid(w)).samples
-        return relative_error(out.numpy(), ref)
-
-    best, d = error(w), 0.5
-    while d > 1 / 32:
-        improved = False
-        for j in range(steps):
-            for sign in (1.0, -1.0):
-                trial = w.copy()
-                trial[j] += sign * d
-                e = error(trial)
-                if e < best:
-                    w, best, improved = trial, e, True
-                    break
-        if not improved:
-            d /= 2
-    return grid(w)
