@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     report = export_sampler(
         args.checkpoint,
         args.out,
-        sampler=sampler,
+        sampler=sampler,  # pyright: ignore[reportArgumentType]  (export_sampler refuses non-grid samplers by name)
         steps=args.steps,
         grid=grid,
         eps=args.eps,
