@@ -37,6 +37,7 @@ from torch import nn
 
 from . import _validate as V
 from . import checkpoint as ckpt
+from . import distributed as D
 from . import run_folder
 from . import train_state as ts
 from .data import Dataset, load_dataset
@@ -193,18 +194,6 @@ class TrainResult:
     start_step: int = 0
 
 
-def _dist(device: torch.device) -> tuple[int, int]:
-    """(rank, world size), initialising the process group when launched by torchrun with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _model_config(config: TrainConfig, data: Dataset) -> dict:
     model = dict(config.model) if config.model is not None else default_model_config(data.sample_shape)
     if config.loss == "ddpm":
@@ -271,7 +260,8 @@ def train(
     if resume and overwrite:
         raise ValueError("Pass at most one of `resume` (continue the run in `out`) and `overwrite` (replace it).")
     device = V.check_device(device)
-    rank, world = _dist(device)
+    ctx = D.init_from_env(str(device))  # joins the process group torchrun describes (gloo on CPU, NCCL on GPU)
+    rank, world = ctx.rank, ctx.world_size
     if config.batch_size % world:
         raise ValueError(f"`batch_size` ({config.batch_size}) must be divisible by the number of processes ({world}).")
     if world > 1 and device.type == "cuda":  # one GPU per process
