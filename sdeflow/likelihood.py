@@ -175,6 +175,7 @@ def log_likelihood(
     time_variable: str = "t",
     max_steps: int = 10_000,
     callback: Callable[[float], None] | None = None,
+    cond: Tensor | int | Sequence[int] | None = None,
 ) -> LikelihoodResult:
     """log p_eps(x) (nats) of each example through the probability-flow ODE, with its latent z = x(T).
 
@@ -212,6 +213,10 @@ def log_likelihood(
             ``sdeflow.divergence`` for the formulas and benchmarks/RESULTS.md for measured step counts.
         max_steps: most solver steps before ``LikelihoodError``.
         callback: called with the fraction of the interval done after every accepted step.
+        cond: for a class-conditional model (``num_classes`` = K): the class of every example or one per example
+            ([B]); the result is then log p_eps(x | c), through the PF-ODE of the conditional score s(x, t | c)
+            (docs/math.md section 10). K (no label), or None, gives the model's unconditional log p_eps(x). Pass
+            the matching prior (e.g. ``GaussianMixture.prior_logp(sde, labels=c)``) when the prior is not p_T.
 
     Raises:
         ValueError/TypeError for bad arguments or data; ``LikelihoodError`` if the solve fails.
@@ -225,6 +230,14 @@ def log_likelihood(
     eps = V.check_float(eps, "eps")  # its range is checked below
     probes, max_steps = V.check_int(probes, "probes", min=1), V.check_int(max_steps, "max_steps", min=1)
     model = as_score_model(score, sde)
+    if cond is not None or model.num_classes is not None:
+        if model.num_classes is None:
+            raise ValueError("`cond` was given but the model is unconditional (num_classes=None).")
+        from .conditioning import check_labels
+
+        cond = check_labels(model.num_classes if cond is None else cond, "cond", model.num_classes,
+                            batch=x.shape[0] if isinstance(x, Tensor) and x.ndim else None)
+        model = model.conditioned(cond)
     _check_data(x)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(
