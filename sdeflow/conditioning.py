@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import _validate as V
 
-__all__ = ["GuidedNet", "check_labels", "check_guidance"]
+__all__ = ["GuidedNet", "check_labels", "check_guidance", "class_labels"]
 
 
 def check_labels(labels: Any, name: str, num_classes: int, *, allow_null: bool = True, batch: int | None = None
@@ -66,9 +66,9 @@ def check_labels(labels: Any, name: str, num_classes: int, *, allow_null: bool =
     return t
 
 
-def check_guidance(guidance: Any) -> float:
+def check_guidance(guidance: Any, name: str = "guidance") -> float:
     """The guidance weight w (a finite number; s = 1 + w is diffusers' guidance_scale)."""
-    return V.check_float(guidance, "guidance")
+    return V.check_float(guidance, name)
 
 
 class GuidedNet(nn.Module):
@@ -113,3 +113,27 @@ class GuidedNet(nn.Module):
         out = self.net(torch.cat([x, x]), torch.cat([label, label]), torch.cat([cond, null.to(cond.dtype)]))
         out_c, out_u = out[:b], out[b:]
         return out_u + self.scale * (out_c - out_u)
+
+
+def class_labels(classes: int | Sequence[int] | str, n: int, num_classes: int | None, name: str = "classes"
+                 ) -> Tensor:
+    """The per-sample labels [n] for ``classes``: one class for every sample, a list of n (one per sample), or a
+    shorter list of L classes with L dividing n, each repeated for n / L consecutive samples (so ``0,1,...,9`` with
+    n = 100 gives ten rows of one class in a 10-wide grid). A string is a comma-separated list ('7', '0,1,2').
+    ``num_classes`` is the model's K (None: an unconditional model, which refuses classes)."""
+    n = V.check_int(n, "n", min=1)
+    if num_classes is None:
+        raise ValueError(f"`{name}` was given but the model is unconditional (no num_classes); train it with "
+                         "--conditional (TrainConfig(conditional=True)).")
+    if isinstance(classes, str):
+        try:
+            classes = [int(c) for c in classes.split(",")]
+        except ValueError:
+            raise V.bad_value(name, "a class label or a comma-separated list such as 0,1,2", classes) from None
+    lab = check_labels(classes, name, num_classes, allow_null=False)
+    if lab.ndim == 0:
+        return lab.expand(n).clone()
+    if lab.numel() == 0 or n % lab.numel():
+        raise V.bad_value(name, f"one class, {n} classes (one per sample) or a list whose length divides {n}",
+                          classes, "Change the number of samples or the list.")
+    return lab.repeat_interleave(n // lab.numel())
