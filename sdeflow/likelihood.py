@@ -503,3 +503,14 @@ def bits_per_dim(
         nfe=sum(r.nfe for r in results), levels=levels, scale=float(scale), offset=float(offset), draws=draws,
         results=tuple(results),
     )
+
+
+def per_class(values: Tensor, labels: Tensor) -> dict[int, dict[str, float]]:
+    """Mean and standard error of per-example ``values`` (bits/dim, nats/dim) for each class in ``labels``:
+    {class: {"n", "mean", "std_err"}} (std_err = std / sqrt(n), NaN for a single example)."""
+    out: dict[int, dict[str, float]] = {}
+    for c in sorted(set(labels.tolist())):
+        v = values[labels == c].double()
+        out[int(c)] = {"n": int(v.numel()), "mean": float(v.mean()),
+                       "std_err": float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")}
+    return out

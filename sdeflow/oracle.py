@@ -120,13 +120,23 @@ class GaussianMixture:
         component: int | None = None,
     ) -> Tensor:
         """Exact samples from p_0 (or from the component ``component``, the class-conditional p_0(x | k)), [n, D]."""
+        return self.sample_labelled(n, generator, dtype, component)[0]
+
+    def sample_labelled(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        component: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Exact samples [n, D] with their components [n] (int64): the classes of a labelled data set."""
         if component is None:
             comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         else:
             comp = torch.full((n,), check_int(component, "component", min=0, max=self.n_components - 1))
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = self.means[comp] + torch.einsum("nij,nj->ni", self._chol[comp], z)
-        return x.to(dtype)
+        return x.to(dtype), comp
 
     def sample_t(
         self, n: int, t: float, sde: SDE, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32

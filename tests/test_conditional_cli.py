@@ -80,3 +80,35 @@ def test_a_user_error_is_one_line_with_status_2(files, capsys, argv, match) -> N
     import os
 
     assert not os.path.exists(files["new"]) and not os.path.exists(files["new"] + ".npy")
+
+
+def test_likelihood_conditional_per_class(files, tmp_path) -> None:
+    out = tmp_path / "lik"
+    assert main(["likelihood", "--oracle", "--conditional", "--prior", "oracle", "--oracle-components", "3",
+                 "--limit", "8", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [line.split(",") for line in (out / "likelihood.csv").read_text().splitlines()]
+    head = rows[0]
+    got = {int(r[head.index("index")]): (int(r[head.index("label")]), float(r[head.index("log_p")])) for r in rows[1:]}
+    gm = sdeflow.GaussianMixture.random(2, 3, generator=torch.Generator().manual_seed(0))
+    x, comp = gm.sample_labelled(8, generator=torch.Generator().manual_seed(1))
+    exact = gm.log_prob(x.double(), 1e-5, sdeflow.VPSDE(), labels=comp)
+    for i in range(8):
+        assert got[i][0] == int(comp[i]) and abs(got[i][1] - float(exact[i])) / 2 < 1e-3
+    per = summary["per_class_nats_per_dim"]
+    assert sum(v["n"] for v in per.values()) == 8 and summary["conditional"] is True
+
+
+LIK_CASES = [
+    (["likelihood", "--checkpoint", "{plain}", "--conditional", "--out", "{new}"], r"--conditional needs a "
+     r"class-conditional model"),
+    (["likelihood", "--checkpoint", "{cond}", "--conditional", "--out", "{new}"], r"--conditional needs class "
+     r"labels, but the data 'moons' has none"),
+]
+
+
+@pytest.mark.parametrize("argv, match", LIK_CASES)
+def test_likelihood_conditional_errors(files, capsys, argv, match) -> None:
+    rc = main(_fill(argv, files))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and re.search(match, lines[0]), lines
