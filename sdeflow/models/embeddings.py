@@ -83,6 +83,6 @@ def class_conditioned(net: nn.Module, emb: Tensor, cond: Tensor | None) -> Tenso
         if cond is not None:
             raise ValueError("This network is unconditional (num_classes=None) but received a condition `cond`.")
         return emb
-    if cond is None:
-        cond = torch.full((emb.shape[0],), net.num_classes, dtype=torch.int64, device=emb.device)
+    if cond is None:  # the null class's row, broadcast (no batch-size-dependent op: traces and exports cleanly)
+        return emb + net.cond_embed(torch.tensor([net.num_classes], device=emb.device)).to(emb.dtype)
     return emb + net.cond_embed(cond).to(emb.dtype)
