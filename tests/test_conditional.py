@@ -168,3 +168,21 @@ def test_errors_name_the_argument() -> None:
         sdeflow.sample(cond_model, SDE, x_T, cond=1, guidance=float("nan"))
     with pytest.raises(ValueError, match="model is unconditional"):
         log_likelihood(SDE, gm.score_model(SDE), x_T, cond=1)
+
+
+def test_class_log_likelihoods_layout_and_bayes_rule() -> None:
+    from sdeflow.likelihood import class_log_likelihoods
+
+    gm = _mixture(seed=4)
+    x, comp = gm.sample_labelled(5, torch.Generator().manual_seed(2), torch.float64)
+    rows_prior = gm.prior_logp(SDE, labels=torch.arange(3).repeat(5))
+    # points far from a class (log p ~ -300) need a tight solve for an absolute 1e-3: rtol = atol = 1e-7
+    got = class_log_likelihoods(SDE, gm.conditional_score_model(SDE), x, prior_logp=rows_prior, rtol=1e-7, atol=1e-7)
+    exact = torch.stack([gm.log_prob(x, 1e-5, SDE, labels=c) for c in range(3)], dim=1)
+    assert got.shape == (5, 3) and ((got - exact).abs() / 2).max() < 1e-3
+    # Bayes' rule with the mixture weights gives the exact posterior over components
+    post = torch.log_softmax(got + torch.log(gm.weights), dim=1)
+    ref = torch.log_softmax(exact + torch.log(gm.weights), dim=1)
+    assert (post - ref).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="must be class-conditional"):
+        class_log_likelihoods(SDE, gm.score_model(SDE), x)

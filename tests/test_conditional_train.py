@@ -76,3 +76,28 @@ def test_user_npz_labels(tmp_path) -> None:
         train(TrainConfig(data="moons", model=model, steps=1, conditional=True))
     with pytest.raises(ValueError, match="`p_uncond` must be"):
         TrainConfig(p_uncond=1.5)
+
+
+def test_classifier_and_bayes_example(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    from sdeflow.classifier import accuracy, guided_accuracy, train_classifier
+
+    train_set, test = load_dataset("digits"), load_dataset("digits", "test")
+    clf = train_classifier(train_set, steps=60)
+    assert accuracy(clf, test.x, test.labels) > 0.5  # 60 steps: far above chance (10%)
+    cfg = TrainConfig(data="digits", model=UNET, steps=2, batch_size=8, warmup=1, eval_every=2, eval_size=8,
+                      conditional=True)
+    train(cfg, tmp_path / "run")
+    ckpt = sdeflow.load(tmp_path / "run")
+    res = guided_accuracy(ckpt.score_model, ckpt.sde, clf, (0.0, 2.0), n_per_class=1, steps=2)
+    assert res.n == 10 and set(res.accuracy) == {0.0, 2.0} and res.nfe == {0.0: 2, 2.0: 2}
+    assert torch.equal(res.labels, torch.arange(10))
+    path = Path(__file__).resolve().parents[1] / "examples" / "classify_digits.py"
+    spec = importlib.util.spec_from_file_location("classify_digits", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.classify(str(tmp_path / "run"), 3, tol=1e-2, probes=1)
+    assert out["n"] == 3 and 0.0 <= out["accuracy"] <= 1.0 and len(out["predicted"]) == 3
+    assert out["labels"] == test.labels[:3].tolist()
