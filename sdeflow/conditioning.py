@@ -78,7 +78,7 @@ class GuidedNet(nn.Module):
 
     computed as one call on the batch [x; x] with conditions [cond; null] when s != 1, and as the single conditional
     call when s = 1 (w = 0). ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
-    condition (0-d or [B, ...]), broadcast to the batch. ``sample_shape`` is forwarded, so the guided network is
+    condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch. ``sample_shape`` is forwarded, so the guided network is
     checked against data as the network itself.
     """
 
@@ -107,9 +107,7 @@ class GuidedNet(nn.Module):
             )
         if self.scale == 1.0:
             return self.net(x, label, cond)
-        null = self._rows(self.null, b, x.device)
-        if null.ndim == 0 or null.shape[0] != b:
-            null = null.expand(b, *cond.shape[1:])
+        null = self.null.to(x.device).expand(b, *cond.shape[1:])  # one null condition, for every row
         out = self.net(torch.cat([x, x]), torch.cat([label, label]), torch.cat([cond, null.to(cond.dtype)]))
         out_c, out_u = out[:b], out[b:]
         return out_u + self.scale * (out_c - out_u)

@@ -186,3 +186,18 @@ def test_class_log_likelihoods_layout_and_bayes_rule() -> None:
     assert (post - ref).abs().max() < 1e-2
     with pytest.raises(ValueError, match="must be class-conditional"):
         class_log_likelihoods(SDE, gm.score_model(SDE), x)
+
+
+def test_other_condition_types_with_an_explicit_null() -> None:
+    # a condition that is a vector per sample (e.g. a text embedding), with the zero vector as "no condition"
+    def net(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return -x + c
+
+    model = ScoreModel(net, SDE, prediction="score", num_classes=1)
+    cond = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
+    guided = model.conditioned(cond, guidance=1.5, null=torch.zeros(2, dtype=torch.float64))
+    x = torch.randn(2, 2, dtype=torch.float64)
+    # out_u + s (out_c - out_u) = -x + 2.5 c
+    assert torch.allclose(guided.score(x, 0.5), -x + 2.5 * cond)
+    with pytest.raises(TypeError, match="With an explicit `null`"):
+        model.conditioned([1, 2], null=torch.zeros(2))
