@@ -78,7 +78,8 @@ class GuidedNet(nn.Module):
 
     computed as one call on the batch [x; x] with conditions [cond; null] when s != 1, and as the single conditional
     call when s = 1 (w = 0). ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
-    condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch. ``sample_shape`` is forwarded, so the guided network is
+    condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch.
+    ``sample_shape`` is forwarded, so the guided network is
     checked against data as the network itself.
     """
 
