@@ -112,3 +112,21 @@ def test_likelihood_conditional_errors(files, capsys, argv, match) -> None:
     rc = main(_fill(argv, files))
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and re.search(match, lines[0]), lines
+
+
+def test_likelihood_conditional_on_a_digits_checkpoint(tmp_path) -> None:
+    from sdeflow.train import TrainConfig, train
+
+    unet = {"type": "unet", "image_size": 8, "channels": 16, "mults": [1]}
+    train(TrainConfig(data="digits", model=unet, steps=1, batch_size=8, warmup=1, eval_every=1, eval_size=8,
+                      conditional=True), tmp_path / "run")
+    out = tmp_path / "lik"
+    assert main(["likelihood", "--checkpoint", str(tmp_path / "run"), "--conditional", "--limit", "4",
+                 "--divergence", "rademacher", "--rtol", "1e-2", "--atol", "1e-2", "--no-progress",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    test = sdeflow.load_dataset("digits", "test")
+    per = summary["per_class_bpd"]
+    assert sorted(int(c) for c in per) == sorted(set(test.labels[:4].tolist()))
+    rows = (out / "likelihood.csv").read_text().splitlines()
+    assert rows[0].split(",")[1] == "label" and len(rows) == 5
