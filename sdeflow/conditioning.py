@@ -77,18 +77,23 @@ class GuidedNet(nn.Module):
         out = out_u + s (out_c - out_u),  s = 1 + w,  out_c = net(x, label, cond), out_u = net(x, label, null)
 
     computed as one call on the batch [x; x] with conditions [cond; null] when s != 1, and as the single conditional
-    call when s = 1 (w = 0). ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
+    call when s = 1 (w = 0). ``rescale`` phi in [0, 1] (guidance rescale, Lin et al. 2024; diffusers'
+    ``guidance_rescale``) then mixes in the guided output rescaled to the per-sample standard deviation of out_c:
+    out <- phi out std(out_c) / std(out) + (1 - phi) out (nonlinear in the outputs; std over all but the batch axis,
+    unbiased, as diffusers). ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
     condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch.
     ``sample_shape`` is forwarded, so the guided network is
     checked against data as the network itself.
     """
 
-    def __init__(self, net: Callable[..., Tensor], cond: Tensor, null: Tensor, guidance: float = 0.0) -> None:
+    def __init__(self, net: Callable[..., Tensor], cond: Tensor, null: Tensor, guidance: float = 0.0,
+                 rescale: float = 0.0) -> None:
         super().__init__()
         self.net = net
         self.cond = cond
         self.null = null
         self.scale = 1.0 + float(guidance)
+        self.rescale = float(rescale)
         shape = getattr(net, "sample_shape", None)
         if shape is not None:
             self.sample_shape = tuple(shape)
@@ -111,7 +116,14 @@ class GuidedNet(nn.Module):
         null = self.null.to(x.device).expand(b, *cond.shape[1:])  # one null condition, for every row
         out = self.net(torch.cat([x, x]), torch.cat([label, label]), torch.cat([cond, null.to(cond.dtype)]))
         out_c, out_u = out[:b], out[b:]
-        return out_u + self.scale * (out_c - out_u)
+        guided = out_u + self.scale * (out_c - out_u)
+        if self.rescale == 0.0:
+            return guided
+        # guidance rescale (Lin et al. 2024, section 3.4; diffusers' rescale_noise_cfg): match the per-sample std of
+        # the guided output to the conditional one's, mixed with weight phi
+        dims = list(range(1, guided.ndim))
+        ratio = out_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+        return self.rescale * guided * ratio + (1.0 - self.rescale) * guided
 
 
 def class_labels(classes: int | Sequence[int] | str, n: int, num_classes: int | None, name: str = "classes"

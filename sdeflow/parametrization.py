@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time
-from ._validate import check_int
+from ._validate import check_float, check_int
 from .sde import SDE, sde_from_config
 
 __all__ = [
@@ -238,7 +238,9 @@ class ScoreModel(nn.Module):
         """Whether the network takes a class condition (``num_classes`` is set)."""
         return self.num_classes is not None
 
-    def conditioned(self, cond: Any, guidance: float = 0.0, null: Tensor | None = None) -> ScoreModel:
+    def conditioned(
+        self, cond: Any, guidance: float = 0.0, null: Tensor | None = None, rescale: float = 0.0
+    ) -> ScoreModel:
         """The model of p(x | cond), guided with weight w = ``guidance`` (docs/math.md section 10):
 
             out = out(x | c) + w (out(x | c) - out(x | none)),   so   s_guided = s_u + (1 + w) (s_c - s_u).
@@ -247,6 +249,7 @@ class ScoreModel(nn.Module):
         condition types give ``null`` (the null condition) and any ``cond`` [B, ...] the network accepts. The result
         is an ordinary (unconditional-signature) ``ScoreModel`` over ``GuidedNet``: every sampler, solver and the
         likelihood use it unchanged; with w != 0 each evaluation is one batched network call on 2B rows.
+        ``rescale``: guidance rescale phi in [0, 1] (``sdeflow.conditioning.GuidedNet``; 0 = plain guidance).
         """
         from .conditioning import GuidedNet, check_guidance, check_labels
 
@@ -256,12 +259,13 @@ class ScoreModel(nn.Module):
                 "build ScoreModel(..., num_classes=K)."
             )
         w = check_guidance(guidance)
+        phi = check_float(rescale, "guidance_rescale", min=0, max=1)
         if null is None:
             cond = check_labels(cond, "cond", self.num_classes)
             null = torch.tensor(self.num_classes, dtype=torch.int64)
         elif not isinstance(cond, Tensor) or not isinstance(null, Tensor):
             raise TypeError("With an explicit `null`, `cond` and `null` must be tensors of conditions.")
-        guided = GuidedNet(self.net, cond, null, w)
+        guided = GuidedNet(self.net, cond, null, w, phi)
         return ScoreModel(guided, self.sde, self.prediction, self.time_label, self.t_min)
 
     def _coefs(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:

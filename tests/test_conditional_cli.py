@@ -59,6 +59,8 @@ CASES = [
     (["sample", "--checkpoint", "{cond}", "--class", "0,1,2", "--n", "4", "--out", "{new}.npy"],
      r"`--class` must be one class, 4 classes \(one per sample\) or a list whose length divides 4"),
     (["sample", "--checkpoint", "{cond}", "--guidance", "2", "--out", "{new}.npy"], r"--guidance needs --class"),
+    (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance-rescale", "2", "--out", "{new}.npy"],
+     r"`--guidance-rescale` must be a number in \[0, 1\]; got 2.0"),
     (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance", "inf", "--out", "{new}.npy"],
      r"`--guidance` must be a finite number"),
     (["train", "--data", "moons", "--conditional", "--no-progress", "--out", "{new}"],

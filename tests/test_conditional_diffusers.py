@@ -47,3 +47,32 @@ def test_guided_dpmsolver_matches_diffusers(guidance_scale: float) -> None:
     assert ours.nfe == 8
     rel = float((ours.samples - x).abs().max() / x.abs().max())
     assert rel < 2e-5, rel
+
+
+def test_guidance_rescale_matches_diffusers_formula() -> None:
+    """diffusers' rescale_noise_cfg (Lin et al. 2024, section 3.4), written out as in its pipelines."""
+    unet = _unet()
+    scheduler = diffusers.DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(6)
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # noqa: N806
+    labels, phi, scale = torch.tensor([2, 0, 1]), 0.7, 4.0
+    x = x_T.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = unet(torch.cat([x, x]), torch.full((6,), int(t)), class_labels=torch.cat([labels, labels * 0 + K]))
+            cond, uncond = out.sample.chunk(2)
+            cfg = uncond + scale * (cond - uncond)
+            dims = list(range(1, cfg.ndim))
+            rescaled = cfg * (cond.std(dim=dims, keepdim=True) / cfg.std(dim=dims, keepdim=True))
+            x = scheduler.step(phi * rescaled + (1 - phi) * cfg, t, x).prev_sample
+    model = sdeflow.ScoreModel(lambda x, t, c: unet(x, t, class_labels=c).sample, sdeflow.VPSDE(), "eps",
+                               sdeflow.DDPMTimesteps(1000, integer=True), num_classes=K)
+    ours = sdeflow.sample(model, sdeflow.VPSDE(), x_T, sampler="ddim", grid=Timesteps(scheduler.timesteps.tolist()),
+                          set_alpha_to_one=True, cond=labels, guidance=scale - 1, guidance_rescale=phi)
+    plain = sdeflow.sample(model, sdeflow.VPSDE(), x_T, sampler="ddim", grid=Timesteps(scheduler.timesteps.tolist()),
+                           set_alpha_to_one=True, cond=labels, guidance=scale - 1)
+    assert float((ours.samples - x).abs().max() / x.abs().max()) < 2e-5
+    assert float((plain.samples - x).abs().max()) > 1e-3  # the rescale changes the result
+    with pytest.raises(ValueError, match="`guidance_rescale` must be"):
+        sdeflow.sample(model, sdeflow.VPSDE(), x_T, sampler="ddim", steps=2, cond=labels, guidance=1.0,
+                       guidance_rescale=1.5)

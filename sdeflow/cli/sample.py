@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w: out_c + w (out_c - out_u) (diffusers' guidance_scale = "
                    "1 + w; default 0 = plain conditional)")
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2024; diffusers' guidance_rescale)")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -90,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
     from ..conditioning import check_guidance, class_labels
 
     cond = None if args.classes is None else class_labels(args.classes, args.n, model.num_classes, "--class")
-    if args.guidance is not None:
-        if cond is None:
-            raise ValueError("--guidance needs --class (the classes to guide towards), e.g. --class 7 --guidance 2.")
-        check_guidance(args.guidance, "--guidance")
+    for flag, value in (("--guidance", args.guidance), ("--guidance-rescale", args.guidance_rescale)):
+        if value is not None:
+            if cond is None:
+                raise ValueError(f"{flag} needs --class (the classes to guide towards), e.g. --class 7 --guidance 2.")
+            check_guidance(value, flag)
+    if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
+        raise ValueError(f"`--guidance-rescale` must be a number in [0, 1]; got {args.guidance_rescale}.")
     output_format(args.out, shape, name="--out")
     if args.trajectory is not None:
         output_format(args.trajectory, shape, name="--trajectory")
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             device=ctx.device,
             cond=cond,
             guidance=args.guidance,
+            guidance_rescale=args.guidance_rescale,
         )
         for bar in bars:
             bar.close()
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         "sample_shape": list(shape),
         "classes": None if cond is None else cond.tolist(),
         "guidance": args.guidance,
+        "guidance_rescale": args.guidance_rescale,
         **summary,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         **source,
@@ -172,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             device=ctx.device,
             cond=None if cond is None else cond[: min(args.n, 8)],
             guidance=args.guidance,
+            guidance_rescale=args.guidance_rescale,
         )
         save_trajectory(args.trajectory, frames, data=source.get("data"))
         print(f"trajectory of {min(args.n, 8)} samples ({len(frames)} steps) -> {args.trajectory}")

@@ -135,6 +135,7 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     cond: Any = None,
     guidance: float | None = None,
+    guidance_rescale: float | None = None,
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process from x_T ~ p_T down to t = eps (or to sigma = 0).
@@ -171,6 +172,8 @@ def sample(
             guidance_scale = 1 + w. For w != 0 the conditional and unconditional passes are ONE batched network
             call on 2B rows, and ``nfe`` counts network calls: such a call is 1 NFE (twice the rows of an
             unguided one), so guided and unguided runs of a sampler report the same NFE.
+        guidance_rescale: phi in [0, 1], guidance rescale (Lin et al. 2024; diffusers' ``guidance_rescale``): the
+            guided output is pulled towards the per-sample standard deviation of the conditional output.
         callback: called with a ``StepInfo`` after each step (each evaluation for ODE/SDE solvers).
     """
     t_start = time.perf_counter()
@@ -185,7 +188,7 @@ def sample(
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps}. Use e.g. eps=1e-3.")
     model = as_score_model(model, sde)
     x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)  # noqa: N806
-    model = _bind_condition(model, cond, guidance, shape[0])
+    model = _bind_condition(model, cond, guidance, shape[0], guidance_rescale)
     discrete_model = isinstance(model.time_label, DDPMTimesteps)
     seeds = per_sample_seeds(shape[0], seed, generator)
 
@@ -305,21 +308,24 @@ def sample(
     )
 
 
-def _bind_condition(model: ScoreModel, cond: Any, guidance: float | None, batch: int) -> ScoreModel:
+def _bind_condition(
+    model: ScoreModel, cond: Any, guidance: float | None, batch: int, rescale: float | None = None
+) -> ScoreModel:
     """The model ``sample`` runs: conditioned (and guided) on ``cond``; a conditional model without ``cond`` runs on
     the null class."""
     from ..conditioning import check_labels
 
     if cond is None:
-        if guidance is not None:
-            raise ValueError("`guidance` was given without `cond`; pass the class labels to guide towards, e.g. "
+        if guidance is not None or rescale is not None:
+            name = "guidance" if guidance is not None else "guidance_rescale"
+            raise ValueError(f"`{name}` was given without `cond`; pass the class labels to guide towards, e.g. "
                              "cond=7, guidance=2.0.")
         if model.num_classes is None:
             return model
         return model.conditioned(model.num_classes)
     if model.num_classes is not None:
         cond = check_labels(cond, "cond", model.num_classes, batch=batch)
-    return model.conditioned(cond, 0.0 if guidance is None else guidance)
+    return model.conditioned(cond, 0.0 if guidance is None else guidance, rescale=0.0 if rescale is None else rescale)
 
 
 def _check_start(
