@@ -80,20 +80,23 @@ class GuidedNet(nn.Module):
     call when s = 1 (w = 0). ``rescale`` phi in [0, 1] (guidance rescale, Lin et al. 2024; diffusers'
     ``guidance_rescale``) then mixes in the guided output rescaled to the per-sample standard deviation of out_c:
     out <- phi out std(out_c) / std(out) + (1 - phi) out (nonlinear in the outputs; std over all but the batch axis,
-    unbiased, as diffusers). ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
+    unbiased, as diffusers). ``label_range`` (lo, hi): guidance applies only to rows whose network time label lies
+    in [lo, hi] (a guidance interval, Kynkaanniemi et al. 2024); outside it the output is out_c, and an evaluation
+    with every row outside costs one pass of B rows. ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
     condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch.
     ``sample_shape`` is forwarded, so the guided network is
     checked against data as the network itself.
     """
 
     def __init__(self, net: Callable[..., Tensor], cond: Tensor, null: Tensor, guidance: float = 0.0,
-                 rescale: float = 0.0) -> None:
+                 rescale: float = 0.0, label_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.net = net
         self.cond = cond
         self.null = null
         self.scale = 1.0 + float(guidance)
         self.rescale = float(rescale)
+        self.label_range = label_range
         shape = getattr(net, "sample_shape", None)
         if shape is not None:
             self.sample_shape = tuple(shape)
@@ -111,19 +114,27 @@ class GuidedNet(nn.Module):
                 f"`cond` holds {cond.shape[0]} conditions for a batch of {b} samples; pass one per sample (or a "
                 "single class label for all)."
             )
+        inside = None
+        if self.label_range is not None and self.scale != 1.0:
+            lab = label.double().expand(b) if label.numel() == 1 else label.double()
+            inside = (lab >= self.label_range[0]) & (lab <= self.label_range[1])
+            if not bool(inside.any()):  # outside the guidance interval: plain conditional, one pass
+                return self.net(x, label, cond)
         if self.scale == 1.0:
             return self.net(x, label, cond)
         null = self.null.to(x.device).expand(b, *cond.shape[1:])  # one null condition, for every row
         out = self.net(torch.cat([x, x]), torch.cat([label, label]), torch.cat([cond, null.to(cond.dtype)]))
         out_c, out_u = out[:b], out[b:]
         guided = out_u + self.scale * (out_c - out_u)
-        if self.rescale == 0.0:
-            return guided
-        # guidance rescale (Lin et al. 2024, section 3.4; diffusers' rescale_noise_cfg): match the per-sample std of
-        # the guided output to the conditional one's, mixed with weight phi
-        dims = list(range(1, guided.ndim))
-        ratio = out_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
-        return self.rescale * guided * ratio + (1.0 - self.rescale) * guided
+        if self.rescale != 0.0:
+            # guidance rescale (Lin et al. 2024, section 3.4; diffusers' rescale_noise_cfg): match the per-sample
+            # std of the guided output to the conditional one's, mixed with weight phi
+            dims = list(range(1, guided.ndim))
+            ratio = out_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+            guided = self.rescale * guided * ratio + (1.0 - self.rescale) * guided
+        if inside is not None:  # guidance interval: rows outside it keep the conditional output
+            guided = torch.where(inside.reshape(b, *([1] * (x.ndim - 1))), guided, out_c)
+        return guided
 
 
 def class_labels(classes: int | Sequence[int] | str, n: int, num_classes: int | None, name: str = "classes"

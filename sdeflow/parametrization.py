@@ -239,7 +239,12 @@ class ScoreModel(nn.Module):
         return self.num_classes is not None
 
     def conditioned(
-        self, cond: Any, guidance: float = 0.0, null: Tensor | None = None, rescale: float = 0.0
+        self,
+        cond: Any,
+        guidance: float = 0.0,
+        null: Tensor | None = None,
+        rescale: float = 0.0,
+        interval: tuple[float, float] | None = None,
     ) -> ScoreModel:
         """The model of p(x | cond), guided with weight w = ``guidance`` (docs/math.md section 10):
 
@@ -250,6 +255,8 @@ class ScoreModel(nn.Module):
         is an ordinary (unconditional-signature) ``ScoreModel`` over ``GuidedNet``: every sampler, solver and the
         likelihood use it unchanged; with w != 0 each evaluation is one batched network call on 2B rows.
         ``rescale``: guidance rescale phi in [0, 1] (``sdeflow.conditioning.GuidedNet``; 0 = plain guidance).
+        ``interval`` (t_lo, t_hi): guide only at times t_lo <= t <= t_hi (a guidance interval, Kynkaanniemi et al.
+        2024; elsewhere w = 0), given in the SDE's time and mapped through the (monotone) time label.
         """
         from .conditioning import GuidedNet, check_guidance, check_labels
 
@@ -265,7 +272,16 @@ class ScoreModel(nn.Module):
             null = torch.tensor(self.num_classes, dtype=torch.int64)
         elif not isinstance(cond, Tensor) or not isinstance(null, Tensor):
             raise TypeError("With an explicit `null`, `cond` and `null` must be tensors of conditions.")
-        guided = GuidedNet(self.net, cond, null, w, phi)
+        label_range = None
+        if interval is not None:
+            if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+                raise TypeError(f"`guidance_interval` must be a pair (t_lo, t_hi); got {interval!r}.")
+            lo = check_float(interval[0], "guidance_interval[0]", min=0, max=self.sde.T)
+            hi = check_float(interval[1], "guidance_interval[1]", min=lo, max=self.sde.T)
+            ends = torch.tensor([max(lo, self.t_min), max(hi, self.t_min)], dtype=torch.float64)
+            labs = self.time_label(ends).double()
+            label_range = (float(labs[0]), float(labs[1]))
+        guided = GuidedNet(self.net, cond, null, w, phi, label_range)
         return ScoreModel(guided, self.sde, self.prediction, self.time_label, self.t_min)
 
     def _coefs(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:

@@ -36,7 +36,7 @@ def _fill(argv: list[str], files: dict[str, str]) -> list[str]:
 def test_sample_classes_and_guidance(files, capsys) -> None:
     out = files["dir"] + "/s.npy"
     argv = _fill(["sample", "--checkpoint", "{cond}", "--class", "0,1", "--guidance", "2", "--n", "6", "--steps",
-                  "4", "--no-progress", "--out", out], files)
+                  "4", "--no-progress", "--guidance-interval", "0.0,1.0", "--out", out], files)
     assert main(argv) == 0
     meta = json.loads(open(out + ".json").read())
     assert meta["classes"] == [0, 0, 0, 1, 1, 1] and meta["guidance"] == 2.0 and meta["nfe"] == 4
@@ -61,6 +61,10 @@ CASES = [
     (["sample", "--checkpoint", "{cond}", "--guidance", "2", "--out", "{new}.npy"], r"--guidance needs --class"),
     (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance-rescale", "2", "--out", "{new}.npy"],
      r"`--guidance-rescale` must be a number in \[0, 1\]; got 2.0"),
+    (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance-interval", "0.5", "--out", "{new}.npy"],
+     r"`--guidance-interval` must be two times T_LO,T_HI"),
+    (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance-interval", "0.5,2", "--out", "{new}.npy"],
+     r"`guidance_interval\[1\]` must be"),
     (["sample", "--checkpoint", "{cond}", "--class", "1", "--guidance", "inf", "--out", "{new}.npy"],
      r"`--guidance` must be a finite number"),
     (["train", "--data", "moons", "--conditional", "--no-progress", "--out", "{new}"],

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "1 + w; default 0 = plain conditional)")
     p.add_argument("--guidance-rescale", type=float, default=None,
                    help="guidance rescale phi in [0, 1] (Lin et al. 2024; diffusers' guidance_rescale)")
+    p.add_argument("--guidance-interval", default=None, metavar="T_LO,T_HI",
+                   help="guide only while T_LO <= t <= T_HI (Kynkaanniemi et al. 2024), e.g. 0.1,0.7")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -97,6 +99,18 @@ def run(args: argparse.Namespace) -> int:
             if cond is None:
                 raise ValueError(f"{flag} needs --class (the classes to guide towards), e.g. --class 7 --guidance 2.")
             check_guidance(value, flag)
+    interval = None
+    if args.guidance_interval is not None:
+        if cond is None:
+            raise ValueError("--guidance-interval needs --class (the classes to guide towards).")
+        try:
+            interval = tuple(float(v) for v in args.guidance_interval.split(","))
+        except ValueError:
+            interval = ()
+        if len(interval) != 2:
+            raise ValueError(f"`--guidance-interval` must be two times T_LO,T_HI such as 0.1,0.7; got "
+                             f"{args.guidance_interval!r}.")
+        model.conditioned(cond, 1.0, interval=interval)  # checks the interval against the SDE before sampling
     if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
         raise ValueError(f"`--guidance-rescale` must be a number in [0, 1]; got {args.guidance_rescale}.")
     output_format(args.out, shape, name="--out")
@@ -136,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             cond=cond,
             guidance=args.guidance,
             guidance_rescale=args.guidance_rescale,
+            guidance_interval=interval,
         )
         for bar in bars:
             bar.close()
@@ -157,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "classes": None if cond is None else cond.tolist(),
         "guidance": args.guidance,
         "guidance_rescale": args.guidance_rescale,
+        "guidance_interval": None if interval is None else list(interval),
         **summary,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         **source,
@@ -180,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             cond=None if cond is None else cond[: min(args.n, 8)],
             guidance=args.guidance,
             guidance_rescale=args.guidance_rescale,
+            guidance_interval=interval,
         )
         save_trajectory(args.trajectory, frames, data=source.get("data"))
         print(f"trajectory of {min(args.n, 8)} samples ({len(frames)} steps) -> {args.trajectory}")
