@@ -14,7 +14,7 @@ from .likelihood import BitsPerDimResult, LikelihoodError, LikelihoodResult, bit
 from .oracle import GaussianMixture
 from .parametrization import ContinuousTime, DDPMTimesteps, LogNoiseLevel, ScoreModel, ScoreSDETime, TimeLabel
 from .processes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
-from .sampling import SampleResult, sample
+from .sampling import SampleResult, sample, tune_grid
 from .sde import SDE, VESDE, VPSDE, DiscreteSchedule, SubVPSDE, sde_from_config
 from .train import TrainConfig, TrainResult  # the function is sdeflow.train.train (the module keeps its name)
 
@@ -39,6 +39,7 @@ __all__ = [
     "GaussianMixture",
     "sample",
     "SampleResult",
+    "tune_grid",
     "compare",
     "CompareResult",
     "Dataset",

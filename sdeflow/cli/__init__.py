@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "quickstart": "quickstart",
     "sample": "sample",
     "compare": "compare",
+    "tune-grid": "tune_grid",
     "train": "train",
     "likelihood": "likelihood",
     "export": "export",

@@ -26,7 +26,7 @@ from .methods import DDIM, DDPM, DEIS, IPNDM, PC, DPMSolverPP, DPMSolverPPSDE, G
 from .names import DEFAULT_GRIDS, GRIDS, SAMPLERS, make_grid, make_sampler
 from .plan import Plan, StepInfo, run_plan
 from .solvers import ODESolver, SDESolver
-from .tuning import load_grid, save_grid
+from .tuning import CalibrationReference, TuneResult, calibration_reference, load_grid, save_grid, tune_grid
 
 __all__ = [
     "sample",
@@ -72,4 +72,8 @@ __all__ = [
     "run_plan",
     "load_grid",
     "save_grid",
+    "tune_grid",
+    "TuneResult",
+    "CalibrationReference",
+    "calibration_reference",
 ]
