@@ -1,24 +1,27 @@
-"""onnxruntime against PyTorch for the same DDIM loop (S = 50 steps) with sdeflow's own networks.
+"""onnxruntime against PyTorch eager for sdeflow's samplers on the trained quickstart UNet (8x8 digits).
 
-    python benchmarks/bench_onnx.py                 # CPU: MLP and 8x8 UNet, batch 1 and 64
-    python benchmarks/bench_onnx.py --cuda          # GPU machine: CUDA EP (I/O binding) vs eager vs CUDA graphs
+    python benchmarks/bench_onnx.py --checkpoint runs/quickstart/model           # CPU, one thread each
+    python benchmarks/bench_onnx.py --checkpoint runs/quickstart/model --cuda    # GPU machine
 
-Contenders, all from the same x_T, all producing the same x_0 (the relative error is printed):
-    torch eager (sample)   sdeflow.sample(method='ddim'), what a PyTorch user runs
-    torch eager (fused)    the exported loop itself run eagerly (UnrolledDDIM: x <- A x + B net(x) per step)
-    torch.compile          torch.compile of the network inside the fused loop (where it compiles)
-    ORT unrolled           the default export, CPU execution provider
-    ORT scan               the dynamic-steps export (ONNX Scan, step count chosen at run time)
-Times are medians over repeats, interleaved round-robin so that load from other processes hits all contenders
-alike; ratios are against torch eager (sample). Networks are untrained (random weights, the output layer
-perturbed away from zero): the speed does not depend on the weights.
+(1) Wall time per sampler at S = 5..50: ``sdeflow.sample`` in PyTorch eager against the exported unrolled graph
+    under onnxruntime, from the same x_T, interleaved round-robin so that load from other processes hits all
+    contenders alike (medians).
+(2) Time to quality: the endpoint error of each sampler against a dopri5 solution (rtol = atol = 1e-6) of the same
+    probability-flow ODE on the trained network, from the same x_T (64 samples); the target is DDIM-50's error.
+    For each candidate sampler the smallest S that reaches the target is found, the one with the fewest
+    evaluations is exported, and its onnxruntime time is compared with PyTorch eager DDIM-50 at batch 1 and 64
+    (``sdeflow.export.quickstart.time_to_quality``, which ``sdeflow quickstart`` also reports, without tuning).
+    ``--tune``: these candidates are also tried on grids from ``sdeflow.tune_grid`` (32 calibration x_T, separate
+    from the 64 test x_T), for S from half their default-grid S upwards.
+With ``--cuda``: the CUDA execution provider with I/O binding and with CUDA graphs against PyTorch eager and a
+PyTorch CUDA graph of the same plan (``PlanModule``), for DDIM-50 and the best sampler of (2) at its S.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,31 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sdeflow.export import OnnxSampler, export_ddim
-from sdeflow.export.graph import UnrolledDDIM
-from sdeflow.export.runtime import ddim_plan
+from sdeflow.export import OnnxSampler, export_sampler
+from sdeflow.export.quickstart import CANDIDATES, time_to_quality
+from sdeflow.export.verify import relative_error
 
-from sdeflow import VPSDE, ScoreModel
-from sdeflow.models import build_model, default_model_config
-from sdeflow.sampling import sample
-
-STEPS = 50
-
-
-def _model(kind: str) -> tuple[ScoreModel, tuple[int, ...]]:
-    shape = (2,) if kind == "mlp" else (1, 8, 8)
-    torch.manual_seed(0)
-    net = build_model(default_model_config(shape)).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return ScoreModel(net, VPSDE(), prediction="eps"), shape
+from sdeflow import DDPMTimesteps, load
+from sdeflow.sampling import DDIM, make_sampler, sample
 
 
 def _timeit(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float) -> dict[str, float]:
-    """Median seconds per call for each function, run round-robin; stops early after ``budget_s``."""
+    """Median seconds per call for each function, run round-robin (after one warm-up call each)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
+    for fn in fns.values():
         fn()
     start = time.perf_counter()
     for _ in range(repeats):
@@ -59,100 +49,101 @@ def _timeit(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times[name]) >= 3:
+        if time.perf_counter() - start > budget_s and min(len(v) for v in times.values()) >= 3:
             break
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _rel(a: object, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(_as_numpy(a).astype(np.float64) - ref) / np.linalg.norm(ref))
-
-
-def _rows(kind: str, b: int, fns: dict[str, Callable[[], object]], base: str, repeats: int) -> list[dict]:
+def _eager(model, x: torch.Tensor, sampler, steps: int) -> np.ndarray:  # noqa: ANN001
     with torch.no_grad():
-        ref = np.asarray(_as_numpy(fns[base]()), np.float64)
-        med = _timeit(fns, repeats, budget_s=45.0)
-        errs = {k: _rel(fn(), ref) for k, fn in fns.items()}
-    return [
-        {"model": kind, "batch": b, "contender": k, "ms": 1e3 * v, "speedup": med[base] / v, "rel_err": errs[k]}
-        for k, v in med.items()
-    ]
+        return sample(model, model.sde, x, sampler=sampler, steps=steps).samples.numpy()
 
 
-def _as_numpy(a: object) -> np.ndarray:
-    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-
-def bench_cpu(kind: str, batches: tuple[int, ...], repeats: int, compile_: bool, threads: int, tmp: Path) -> list[dict]:
-    model, shape = _model(kind)
-    rep = export_ddim(model, tmp / f"{kind}.onnx", steps=STEPS, sample_shape=shape, batch_sizes=(1, 7))
-    scan = export_ddim(
-        model, tmp / f"{kind}_scan.onnx", steps=STEPS, sample_shape=shape, dynamic_steps=True, batch_sizes=(1, 7)
-    )
-    params = sum(p.numel() for p in model.net.parameters())
-    print(
-        f"{kind}: {params} parameters; unrolled export {rep.export_seconds:.1f} s ({rep.nodes} nodes, parity "
-        f"{max(rep.parity.values()):.1e}); scan export {scan.export_seconds:.1f} s ({scan.nodes} nodes)",
-        flush=True,
-    )
-    ort_unrolled = OnnxSampler(rep.path, providers="cpu", threads=threads)
-    ort_scan = OnnxSampler(scan.path, providers="cpu", threads=threads)
-    plan = ddim_plan(rep.config, STEPS)
-    fused = UnrolledDDIM(model.net, plan, torch.float32, broadcast_label=False)
-    compiled = None
-    if compile_:
-        compiled = UnrolledDDIM(torch.compile(model.net, dynamic=False), plan, torch.float32, broadcast_label=False)
-    rows: list[dict] = []
-    for b in batches:
-        x_np, _ = ort_unrolled.draw(b, 0, STEPS)
-        x = torch.from_numpy(x_np)
-        t0 = time.perf_counter()
-        ort_unrolled.run(x_np)  # first use of this batch size builds its session
-        ort_scan.run(x_np)
-        print(f"  B={b}: ORT session start-up (unrolled + scan) {time.perf_counter() - t0:.1f} s", flush=True)
-        fns: dict[str, Callable[[], object]] = {
-            "torch eager (sdeflow.sample)": partial(sample, model, model.sde, x, method="ddim", steps=STEPS),
-            "torch eager (fused loop)": partial(fused, x),
-            "ORT unrolled": partial(ort_unrolled.run, x_np),
-            "ORT scan (dynamic steps)": partial(ort_scan.run, x_np),
-        }
-        fns["torch eager (sdeflow.sample)"] = partial(_samples, fns["torch eager (sdeflow.sample)"])
-        if compiled is not None:
-            try:
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    compiled(x)
-                print(f"  B={b}: torch.compile warm-up {time.perf_counter() - t0:.1f} s", flush=True)
-                fns["torch.compile (fused loop)"] = partial(compiled, x)
-            except Exception as err:  # noqa: BLE001 - report and go on without it
-                print(f"  torch.compile failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
-        rows += _rows(kind, b, fns, "torch eager (sdeflow.sample)", repeats)
+def wall_times(model, shape, samplers: dict, steps: list[int], batches: list[int], repeats: int, tmp: Path) -> list:
+    """(1): ms per run of each sampler at each S, eager vs onnxruntime, one thread each."""
+    rows = []
+    for label, smp in samplers.items():
+        for s in steps:
+            rep = export_sampler(model, tmp / "m.onnx", smp, steps=s, sample_shape=shape, batch_sizes=(1, 7), rtol=1e-4)
+            runner = OnnxSampler(rep.path, providers="cpu", threads=1)
+            for b in batches:
+                x_np, _ = runner.draw(b, 0)
+                x = torch.from_numpy(x_np)
+                fns = {"eager": partial(_eager, model, x, smp, s), "ort": partial(runner.run, x_np)}
+                med = _timeit(fns, repeats, budget_s=20.0)
+                err = relative_error(runner.run(x_np), fns["eager"]())
+                row = {
+                    "sampler": label,
+                    "steps": s,
+                    "nfe": rep.nfe,
+                    "batch": b,
+                    "eager_ms": 1e3 * med["eager"],
+                    "ort_ms": 1e3 * med["ort"],
+                    "speedup": med["eager"] / med["ort"],
+                    "rel_err": err,
+                }
+                rows.append(row)
+                print(
+                    f"| {label} | {s} | {rep.nfe} | {b} | {row['eager_ms']:.1f} | {row['ort_ms']:.2f} | "
+                    f"{row['speedup']:.1f}x | {err:.0e} |",
+                    flush=True,
+                )
     return rows
 
 
-def _samples(fn: Callable[[], object]) -> torch.Tensor:
-    return fn().samples
+def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:  # noqa: ANN001
+    """x_T of seeds 0..b-1 (the documented per-sample generator)."""
+    from sdeflow.export.runtime import draw_inputs
+
+    return draw_inputs(list(range(b)), shape, model.sde.prior_std, 0)[0]
 
 
-def bench_cuda(kind: str, batches: tuple[int, ...], repeats: int, tmp: Path) -> list[dict]:
-    """CUDA EP with I/O binding vs PyTorch eager vs PyTorch with a captured CUDA graph (needs a GPU)."""
-    model, shape = _model(kind)
-    rep = export_ddim(model, tmp / f"{kind}.onnx", steps=STEPS, sample_shape=shape, batch_sizes=(1, 7))
-    ort_cuda = OnnxSampler(rep.path, providers="cuda")
-    if ort_cuda.device != "cuda":
-        raise SystemExit(f"The CUDA execution provider did not load (providers: {ort_cuda.providers}).")
-    fused = UnrolledDDIM(model.net.cuda(), ddim_plan(rep.config, STEPS), torch.float32, broadcast_label=False)
-    rows: list[dict] = []
-    for b in batches:
-        x_np, _ = ort_cuda.draw(b, 0, STEPS)
-        x = torch.from_numpy(x_np).cuda()
-        graph, static_in, static_out = _capture(fused, x)
-        fns: dict[str, Callable[[], object]] = {
-            "torch eager CUDA (fused loop)": partial(_sync, fused, x),
-            "torch CUDA graph (fused loop)": partial(_replay, graph, static_in, static_out, x),
-            "ORT CUDA EP + I/O binding": partial(ort_cuda.run, x_np),
-        }
-        rows += _rows(kind, b, fns, "torch eager CUDA (fused loop)", repeats)
+def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int, tmp: Path) -> list:
+    """CUDA EP (I/O binding; CUDA graphs) vs PyTorch eager and a PyTorch CUDA graph of the same plan."""
+    from sdeflow.export.graph import PlanModule
+
+    from sdeflow.sampling import compile_plan, make_grid, network_labels
+
+    rows = []
+    contenders = (("DDIM-50", DDIM(), 50), (f"best ({best})", CANDIDATES[best], s_best))
+    paths = [
+        export_sampler(model, tmp / f"cuda{i}.onnx", smp, steps=s, sample_shape=shape, batch_sizes=(1,)).path
+        for i, (_, smp, s) in enumerate(contenders)
+    ]
+    model = model.cuda()
+    discrete = isinstance(model.time_label, DDPMTimesteps)
+    for (label, smp, s), path in zip(contenders, paths, strict=True):
+        plain = OnnxSampler(path, providers="cuda")
+        graphs = OnnxSampler(path, providers="cuda", cuda_graph=True)
+        plan = compile_plan(model, model.sde, smp, make_grid(None, smp, discrete), s)
+        labels = [
+            (lab.float() if lab.is_floating_point() else lab).cuda()
+            for lab in network_labels(model, plan.grid, [e.point for e in plan.evals])
+        ]
+        module = PlanModule(model.net, plan, labels, broadcast=False)
+        for b in batches:
+            x_np = _draw(model, shape, b)
+            x = torch.from_numpy(x_np).cuda()
+            graph, static_in, static_out = _capture(module, x)
+            fns = {
+                "torch eager CUDA": lambda x=x, module=module: module(x).cpu().numpy(),
+                "torch CUDA graph": partial(_replay, graph, static_in, static_out, x),
+                "ORT CUDA + I/O binding": partial(plain.run, x_np),
+                "ORT CUDA graph": partial(graphs.run, x_np),
+            }
+            with torch.no_grad():
+                med = _timeit(fns, repeats, budget_s=30.0)
+            for k, v in med.items():
+                rows.append(
+                    {
+                        "sampler": label,
+                        "batch": b,
+                        "contender": k,
+                        "ms": 1e3 * v,
+                        "speedup": med["torch eager CUDA"] / v,
+                    }
+                )
+                print(f"| {label} | {b} | {k} | {1e3 * v:.2f} | {med['torch eager CUDA'] / v:.1f}x |", flush=True)
     return rows
 
 
@@ -171,10 +162,6 @@ def _capture(module: torch.nn.Module, x: torch.Tensor) -> tuple[object, torch.Te
     return graph, static_in, static_out
 
 
-def _sync(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    return module(x).cpu().numpy()  # .cpu() synchronises, like the ORT call that returns host memory
-
-
 def _replay(graph: object, static_in: torch.Tensor, static_out: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     static_in.copy_(x)
     graph.replay()
@@ -183,32 +170,52 @@ def _replay(graph: object, static_in: torch.Tensor, static_out: torch.Tensor, x:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="mlp,unet")
+    p.add_argument("--checkpoint", default="runs/quickstart/model")
+    p.add_argument("--samplers", default="ddim,dpmsolver++,unipc,deis,ipndm")
+    p.add_argument("--steps", default="5,10,20,50")
     p.add_argument("--batches", default="1,64")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="threads for torch and ORT alike (default: 1)")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    p.add_argument("--cuda", action="store_true", help="benchmark the CUDA execution provider instead")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--skip-wall", action="store_true", help="only the time-to-quality part (2)")
+    p.add_argument(
+        "--tune",
+        default="unipc (bh2, p=2);dpmsolver++ (2M);unipc (bh2, p=3)",
+        help="candidates of (2) also tried on tuned grids (labels separated by ';'; '' for none)",
+    )
+    p.add_argument("--cuda", action="store_true", help="GPU: CUDA EP and CUDA graphs vs PyTorch eager / CUDA graphs")
+    p.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = p.parse_args(argv)
-    batches = tuple(int(b) for b in args.batches.split(","))
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), DDIM S={STEPS}, batches {batches}")
-    print(f"\n| model | batch | contender | ms per DDIM run (S={STEPS}) | speed-up | rel. error |")
-    print("|---|---:|---|---:|---:|---:|", flush=True)
+    torch.set_num_threads(1)
+    ckpt = load(args.checkpoint)
+    model, shape = ckpt.score_model, tuple(ckpt.sample_shape)
+    if isinstance(model.time_label, DDPMTimesteps):
+        raise SystemExit("time to quality compares with the PF-ODE ending at t = eps: use a continuous-time checkpoint")
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"torch {torch.__version__} (1 thread), onnxruntime CPU (1 thread), checkpoint {args.checkpoint}")
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.models.split(","):
-            if args.cuda:
-                rows = bench_cuda(kind, batches, args.repeats, Path(tmp))
-            else:
-                rows = bench_cpu(kind, batches, args.repeats, not args.no_compile, args.threads, Path(tmp))
-            for r in rows:
-                print(
-                    f"| {r['model']} | {r['batch']} | {r['contender']} | {r['ms']:.2f} | {r['speedup']:.2f}x | "
-                    f"{r['rel_err']:.1e} |",
-                    flush=True,
-                )
+        if not args.skip_wall:
+            print("\n| sampler | S | NFE | batch | PyTorch eager ms | onnxruntime ms | speed-up | rel. error |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+            samplers = {name: make_sampler(name) for name in args.samplers.split(",")}
+            steps = [int(s) for s in args.steps.split(",")]
+            results["wall"] = wall_times(model, shape, samplers, steps, batches, args.repeats, Path(tmp))
+        print("\ntime to quality:", flush=True)
+        results["quality"] = ttq = time_to_quality(
+            model,
+            shape,
+            tmp,
+            batches=tuple(batches),
+            repeats=args.repeats,
+            tune=tuple(t for t in args.tune.split(";") if t),
+            log=lambda m: print(m, flush=True),
+        )
+        if args.cuda:
+            print("\n| sampler | batch | contender | ms | speed-up |\n|---|---:|---|---:|---:|", flush=True)
+            results["cuda"] = bench_cuda(model, shape, ttq["best_steps"], ttq["best"], batches, args.repeats, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -52,13 +52,13 @@ def deploy_step(onnx_path: Path, runtime_py: Path, out: Path, batch: int, seed: 
     sampler = runtime.OnnxSampler(onnx_path, providers="auto")  # CUDA when its provider loads, else CPU
     info = sampler.info
     print(
-        f"graph: {info.steps} DDIM steps, eta={info.eta}, sample shape {info.sample_shape}, "
-        f"grid {info.config['grid']}, providers {sampler.providers}"
+        f"graph: {info.sampler} {info.options}, {info.steps} steps, sample shape {info.sample_shape}, "
+        f"grid {info.grid}, providers {sampler.providers}"
     )
     t0 = time.perf_counter()
-    x0 = sampler.sample(batch, seed=seed)  # sample i is seeded by (seed, i): the same in any batch
+    x0 = sampler.sample(batch, seed=seed)  # sample i is seeded by seed + i: the same in any batch and in PyTorch
     print(f"{batch} samples in {1e3 * (time.perf_counter() - t0):.1f} ms (first call includes session set-up)")
-    x_T, noise = sampler.draw(batch, seed, info.steps)  # or pass your own x_T (and noise when eta > 0)
+    x_T, noise = sampler.draw(batch, seed)  # or pass your own x_T (and noise [K, B, ...] when K > 0)
     assert np.array_equal(sampler.run(x_T, noise), x0)
     np.save(out / "samples.npy", x0)
     data = json.loads(info.properties.get("sdeflow.data", "{}"))  # the data's scale and offset, for the pixels

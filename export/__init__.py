@@ -1,7 +1,8 @@
-"""sdeflow.export: ONNX export of a score network with a fixed-step DDIM loop, and an onnxruntime runner.
+"""sdeflow.export: any fixed-grid sampler of a score network as one ONNX graph, and an onnxruntime runner.
 
-    export_ddim(model_or_checkpoint, path, steps=50, eta=0.0, ...) -> ExportReport     (needs torch)
-    OnnxSampler(path, providers="auto").sample(batch_size, seed)                       (numpy + onnxruntime)
+    export_sampler(model_or_checkpoint, path, sampler="unipc", steps=10, ...) -> ExportReport   (needs torch)
+    export_ddim(model_or_checkpoint, path, steps=50, eta=0.0, ...)   (= export_sampler with DDIM(eta))
+    OnnxSampler(path, providers="auto").sample(batch_size, seed)                             (numpy + onnxruntime)
 
 Names are resolved lazily so that importing this package does not import the exporter (torch, onnx). The runner
 lives in ``runtime.py``, a self-contained module: a deployment without torch loads that one file by path (the
@@ -13,14 +14,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["export_ddim", "ExportReport", "OnnxExportError", "OnnxSampler", "GraphInfo", "quickstart_export"]
+__all__ = [
+    "export_sampler",
+    "export_ddim",
+    "ExportReport",
+    "OnnxExportError",
+    "OnnxSampler",
+    "GraphInfo",
+    "NonFiniteOutputError",
+    "quickstart_export",
+]
 
 _LAZY = {
+    "export_sampler": "onnx_export",
     "export_ddim": "onnx_export",
     "ExportReport": "onnx_export",
     "OnnxExportError": "onnx_export",
     "OnnxSampler": "runtime",
     "GraphInfo": "runtime",
+    "NonFiniteOutputError": "runtime",
     "quickstart_export": "quickstart",
 }
 

@@ -1,10 +1,9 @@
-"""Traceable DDIM modules: the whole fixed-step loop (``UnrolledDDIM``) or one step (``DDIMStep``, the
-body of a dynamic-steps Scan graph).
+"""Traceable modules of the exporter: one network call (``NetCall``, copied once per evaluation into the unrolled
+graph), the whole plan (``PlanModule``, the fallback for networks with control-flow subgraphs) and the body of the
+dynamic-steps Scan (``ScanStep``).
 
-Every DDIM step is the fused update x <- A_k x + B_k net(x, label_k) + sig_k z_k with (A_k, B_k, sig_k)
-computed in float64 by ``runtime.ddim_plan`` (formula: ``runtime.ddim_coefficients``). In the unrolled module
-the coefficients and labels are Python constants, so tracing embeds them in the graph; no random operator
-appears (the noise z_k is an input).
+Nothing here computes a coefficient: ``PlanModule`` runs the plan with ``sdeflow.sampling.run_plan`` (THE loop of
+``sdeflow.sample``), and ``ScanStep`` reads its coefficient rows from its inputs.
 """
 
 from __future__ import annotations
@@ -14,59 +13,83 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .runtime import DDIMPlan
+from ..sampling.plan import Plan, run_plan
 
-__all__ = ["UnrolledDDIM", "DDIMStep", "label_tensor"]
-
-
-def label_tensor(
-    value: float | int, dtype: torch.dtype, batch: int | None, device: torch.device | str = "cpu"
-) -> Tensor:
-    """The network's time input for one step: shape [1] (broadcast by the network) or [batch]."""
-    lab = torch.full((1,), value, dtype=dtype, device=device)
-    return lab if batch is None else lab.expand(batch)
+__all__ = ["NetCall", "PlanModule", "ScanStep"]
 
 
-class UnrolledDDIM(nn.Module):
-    """x_0 = DDIM(x_T) with the S steps unrolled: ``forward(x_T, noise=None)``, noise [S, B, ...] when eta > 0.
+def _label(label: Tensor, batch: int, broadcast: bool) -> Tensor:
+    """The network's time input from a 0-d label: shape [1] (broadcast by the network) or [B]."""
+    lab = label.reshape(1)
+    return lab if broadcast else lab.expand(batch)
 
-    With ``broadcast_label`` the network receives its time label with shape [1] instead of [B] (only used when the
-    exporter checked that the network broadcasts it); the time pathway of each step then depends on constants only
-    and is folded into initializers at export.
+
+class NetCall(nn.Module):
+    """out = net(x, label) for a 0-d ``label``. With ``broadcast`` the network receives it with shape [1] (only
+    used when the exporter checked that the network broadcasts it): the time pathway then depends on constants
+    only and onnxruntime folds it at session start."""
+
+    def __init__(self, net: nn.Module | Callable, broadcast: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.broadcast = broadcast
+
+    def forward(self, x: Tensor, label: Tensor) -> Tensor:
+        return self.net(x, _label(label, x.shape[0], self.broadcast))
+
+
+class PlanModule(nn.Module):
+    """x_0 = the plan run from x_T by ``run_plan``: ``forward(x_T, noise=None)``, noise [K, B, ...] when the plan
+    draws K > 0 times. Evaluation i calls the network with the constant ``labels[i]``."""
+
+    def __init__(self, net: nn.Module | Callable, plan: Plan, labels: list[Tensor], broadcast: bool) -> None:
+        super().__init__()
+        self.call = NetCall(net, broadcast)
+        self.plan = plan
+        self.labels = labels
+
+    def forward(self, x_T: Tensor, noise: Tensor | None = None) -> Tensor:  # noqa: N803
+        draws = iter(range(self.plan.noise_draws))
+
+        def next_noise() -> Tensor:  # the exporter passes ``noise`` exactly when the plan draws
+            return noise[next(draws)]
+
+        return run_plan(self.plan, lambda x, i: self.call(x, self.labels[i]), x_T, next_noise)
+
+
+class ScanStep(nn.Module):
+    """One iteration of the dynamic-steps Scan: one network evaluation and the linear algebra up to the next.
+
+    State: x (the sample), s (the next network input), outs / ins [W, B, ...] (the last W outputs and inputs,
+    newest first). With out = net(s, label), outs' = [out, outs[:-1]], ins' = [s, ins[:-1]] and the coefficient
+    rows ``coef`` [2, 2W + 2] (row 0 for x, row 1 for s):
+
+        x' = c00 x + sum_j c0(1+j) outs'_j + sum_j c0(1+W+j) ins'_j + c0(2W+1) z
+        s' = c10 x + sum_j c1(1+j) outs'_j + sum_j c1(1+W+j) ins'_j + c1(2W+1) z
+
+    (z: this iteration's noise, zero where the sampler draws none). For DDIM and the multistep samplers s' = x';
+    UniPC and Heun evaluate at a predicted point, which s carries.
     """
 
-    def __init__(self, net: nn.Module | Callable, plan: DDIMPlan, label_dtype: torch.dtype, broadcast_label: bool):
+    def __init__(self, net: nn.Module | Callable, broadcast: bool, window: int, stochastic: bool) -> None:
         super().__init__()
-        self.net = net
-        self.labels = [v.item() for v in plan.labels]
-        self.coefs = [tuple(float(c) for c in row) for row in plan.coefficients]
-        self.label_dtype = label_dtype
-        self.broadcast_label = broadcast_label
+        self.call = NetCall(net, broadcast)
+        self.window = int(window)
+        self.stochastic = stochastic
 
-    def forward(self, x_T: Tensor, noise: Tensor | None = None) -> Tensor:
-        x = x_T
-        batch = None if self.broadcast_label else x.shape[0]
-        for k, (a, b, sig) in enumerate(self.coefs):
-            out = self.net(x, label_tensor(self.labels[k], self.label_dtype, batch, x.device))
-            x = a * x + b * out
-            if sig != 0.0 and noise is not None:
-                x = x + sig * noise[k]
-        return x
-
-
-class DDIMStep(nn.Module):
-    """One step x_s = A x_t + B net(x_t, label) + sig z, with label a scalar and (A, B, sig) = ``coef`` [3]."""
-
-    def __init__(self, net: nn.Module | Callable, broadcast_label: bool, with_noise: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.broadcast_label = broadcast_label
-        self.with_noise = with_noise
-
-    def forward(self, x: Tensor, label: Tensor, coef: Tensor, z: Tensor | None = None) -> Tensor:
-        lab = label.reshape(1) if self.broadcast_label else label.reshape(1).expand(x.shape[0])
-        out = self.net(x, lab)
-        x_next = coef[0] * x + coef[1] * out
-        if self.with_noise:
-            x_next = x_next + coef[2] * z
-        return x_next
+    def forward(
+        self, x: Tensor, s: Tensor, outs: Tensor, ins: Tensor, label: Tensor, coef: Tensor, z: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        w = self.window
+        out = self.call(s, label)
+        outs_new = torch.cat([out[None], outs[: w - 1]])  # (an empty slice at W = 1 keeps the inputs in the graph)
+        ins_new = torch.cat([s[None], ins[: w - 1]])
+        view = (2, w) + (1,) * x.dim()
+        c_out = coef[:, 1 : 1 + w].reshape(view)
+        c_in = coef[:, 1 + w : 1 + 2 * w].reshape(view)
+        both = (c_out * outs_new[None]).sum(1) + (c_in * ins_new[None]).sum(1)  # [2, B, ...]
+        scale = (1,) * x.dim()
+        both = both + coef[:, 0].reshape((2, *scale)) * x[None]
+        if self.stochastic:
+            both = both + coef[:, 2 * w + 1].reshape((2, *scale)) * z[None]
+        return both[0], both[1], outs_new, ins_new

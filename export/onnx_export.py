@@ -1,19 +1,21 @@
-"""``export_ddim``: one ONNX file that turns x_T (and, for eta > 0, the step noise) into x_0 with fixed-step DDIM.
+"""``export_sampler``: one ONNX file that turns x_T (and, for stochastic samplers, the step noise) into x_0 with any
+fixed-grid sampler of sdeflow; ``export_ddim`` is its DDIM shortcut.
 
-One DDIM step (network + fused update) is traced with ``torch.onnx.export(..., dynamo=False)`` and copied S times
-(``onnx_graphs.unrolled_graph``), or wrapped in an ONNX Scan (``dynamic_steps=True``). The schedule is computed in
-float64 by ``runtime.ddim_plan`` and enters the graph as constants (unrolled) or as the inputs ``timesteps`` /
-``coefficients`` (Scan). After writing, the file is checked (``onnx.checker`` and strict shape inference) and run
-under onnxruntime against ``sdeflow.sample(method='ddim')`` on the same x_T and noise at several batch sizes;
-``ExportReport`` says how close they came.
+The sampler is compiled to its float64 coefficient plan (``sdeflow.sampling.compile_plan``, what ``sdeflow.sample``
+runs). One network call net(x, label) is traced with ``torch.onnx.export(..., dynamo=False)`` and the plan is
+written out around renamed copies of it (``onnx_graphs.unrolled_graph``), or wrapped in an ONNX Scan whose step
+count is chosen at run time (``dynamic_steps``). The file is written to a temporary name, checked (``onnx.checker``
+and strict shape inference), run under onnxruntime against ``sdeflow.sample`` on the same x_T and noise at several
+batch sizes, and only then moved to ``path``: a failed export leaves an existing file untouched.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
+import tempfile
 import time
-import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,42 +24,46 @@ import numpy as np
 import onnx
 import torch
 
-from .._utils import atomic_write
 from ..parametrization import DDPMTimesteps, ScoreModel
-from ..sampling.names import DEFAULT_GRIDS
-from ..sde import VPSDE
-from .graph import DDIMStep, UnrolledDDIM
-from .onnx_graphs import has_subgraphs, scan_graph, unrolled_graph
-from .runtime import CONTINUOUS_GRIDS, DISCRETE_SPACINGS, FORMAT, DDIMPlan, OnnxSampler, ddim_plan
-from .verify import parity
+from ..sampling import DDIM, GridSampler, Times, Timesteps, compile_plan, load_grid, network_labels
+from ..sampling.names import make_grid, make_sampler
+from ..sampling.plan import Plan
+from .graph import NetCall, PlanModule, ScanStep
+from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
+from .runtime import FORMAT, OnnxSampler
+from .trace import OnnxExportError, broadcasts_label, check_model, frozen, trace
+from .verify import SamplerSpec, float32_floor, parity
 
-__all__ = ["export_ddim", "ExportReport", "OnnxExportError"]
+__all__ = ["export_sampler", "export_ddim", "ExportReport", "OnnxExportError", "DEFAULT_DYNAMIC_STEPS"]
 
-OPSET = 17
-
-
-class OnnxExportError(RuntimeError):
-    """The network could not be exported to ONNX, or the exported graph does not reproduce PyTorch."""
+DEFAULT_DYNAMIC_STEPS = (5, 10, 20, 50)  # dynamic_steps=True: these and the exported `steps`
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What ``export_ddim`` wrote and how it was verified.
+    """What ``export_sampler`` wrote and how it was verified.
 
-    ``parity`` maps batch size -> relative error ||x0_onnx - x0_torch|| / ||x0_torch|| against ``reference``.
+    ``parity`` maps batch size -> relative error ||x0_onnx - x0_torch|| / ||x0_torch|| against ``reference`` at
+    the exported ``steps``; ``parity_steps`` maps each other step count of a dynamic-steps graph to its error at
+    the first batch size. ``tracer_warnings`` are 'file:line: message' of the tracer warnings that were let
+    through (shape assertions: parity decides).
     """
 
     path: Path
+    sampler: str
+    options: dict
+    grid: dict
     steps: int
-    eta: float
-    dynamic_steps: bool
+    nfe: int
+    noise_draws: int
+    dynamic_steps: tuple[int, ...]
     sample_shape: tuple[int, ...]
-    config: dict
     nodes: int
     size_bytes: int
     checker_ok: bool
     shape_inference_ok: bool
     parity: dict[int, float]
+    parity_steps: dict[int, float]
     rtol: float
     reference: str
     export_seconds: float
@@ -65,7 +71,8 @@ class ExportReport:
 
     @property
     def parity_ok(self) -> bool:
-        return bool(self.parity) and max(self.parity.values()) <= self.rtol
+        errs = [*self.parity.values(), *self.parity_steps.values()]
+        return bool(errs) and all(np.isfinite(e) and e <= self.rtol for e in errs)
 
     @property
     def verified(self) -> bool:
@@ -73,25 +80,22 @@ class ExportReport:
 
     def summary(self) -> str:
         errs = ", ".join(f"B={b}: {e:.1e}" for b, e in self.parity.items()) or "not run"
+        errs += "".join(f", S={s}: {e:.1e}" for s, e in self.parity_steps.items())
+        form = f"dynamic steps {list(self.dynamic_steps)}" if self.dynamic_steps else f"{self.steps} steps"
         return (
-            f"{self.path} ({self.size_bytes / 1e6:.2f} MB, {self.nodes} nodes, "
-            f"{'dynamic' if self.dynamic_steps else self.steps} steps, eta={self.eta}): checker "
-            f"{'ok' if self.checker_ok else 'FAILED'}, "
-            f"shape inference {'ok' if self.shape_inference_ok else 'FAILED'}, "
-            f"onnxruntime vs {self.reference}: {errs} (tolerance {self.rtol:g})"
+            f"{self.path} ({self.size_bytes / 1e6:.2f} MB, {self.nodes} nodes, {self.sampler} {self.options}, "
+            f"{form}, NFE {self.nfe}, K {self.noise_draws}): checker {'ok' if self.checker_ok else 'FAILED'}, "
+            f"shape inference {'ok' if self.shape_inference_ok else 'FAILED'}, onnxruntime vs {self.reference}: "
+            f"{errs} (tolerance {self.rtol:g})"
         )
 
 
-def _resolve(model: Any, sample_shape: tuple[int, ...] | None) -> tuple[ScoreModel, tuple[int, ...], dict | None]:
+def _resolve(model: Any, sample_shape: Sequence[int] | None) -> tuple[ScoreModel, tuple[int, ...], dict | None]:
     """(score model, sample shape, data info) from a ScoreModel, a Checkpoint or a checkpoint folder."""
     data_info = None
     if isinstance(model, (str, Path)):
-        try:
-            from ..checkpoint import load
-        except ImportError as err:
-            raise ValueError(
-                f"Loading checkpoint {model} needs sdeflow.checkpoint, which is unavailable: {err}"
-            ) from None
+        from ..checkpoint import load
+
         model = load(model)
     if hasattr(model, "score_model") and hasattr(model, "sample_shape"):  # an sdeflow Checkpoint
         data_info = dict(getattr(model, "data_info", None) or {}) or None
@@ -110,286 +114,329 @@ def _resolve(model: Any, sample_shape: tuple[int, ...] | None) -> tuple[ScoreMod
     return model, shape, data_info
 
 
-def _broadcasts_label(net: Any, shape: tuple[int, ...], label: float | int, dtype: torch.dtype) -> bool:
-    """Whether net(x, label[1]) equals net(x, label.expand(B)) (then the time pathway can be constant-folded)."""
-    x = torch.randn((3, *shape), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        full = net(x, torch.tensor([label], dtype=dtype).expand(3))
-        try:
-            one = net(x, torch.tensor([label], dtype=dtype))
-        except Exception:  # noqa: BLE001 - any failure means "does not broadcast"
-            return False
-    return isinstance(one, torch.Tensor) and one.shape == full.shape and torch.allclose(one, full, rtol=1e-5, atol=1e-6)
+def _as_grid(grid: Any, smp: GridSampler, discrete: bool) -> Any:
+    if isinstance(grid, Path) or (isinstance(grid, str) and grid.endswith(".json")):
+        return load_grid(grid)
+    return make_grid(grid, smp, discrete)
 
 
-def _trace(module: torch.nn.Module, args: tuple, names: list[str], dynamic: dict) -> tuple[onnx.ModelProto, list[str]]:
-    buf = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            torch.onnx.export(
-                module,
-                args,
-                buf,
-                input_names=names,
-                output_names=["x_0"],
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
+def _step_counts(dynamic_steps: Any, steps: int, grid: Any) -> tuple[int, ...]:
+    """The declared step counts of a dynamic-steps graph (() for the unrolled form)."""
+    if dynamic_steps is None or dynamic_steps is False:
+        return ()
+    explicit = isinstance(grid, (Times, Timesteps))
+    if dynamic_steps is True:
+        counts = {steps} if explicit else {steps, *DEFAULT_DYNAMIC_STEPS}
+    else:
+        if isinstance(dynamic_steps, (str, bytes)) or not isinstance(dynamic_steps, (Sequence, range)):
+            raise TypeError(
+                f"`dynamic_steps` must be None, True or a sequence of step counts (e.g. (5, 10, 20, 50) or "
+                f"range(5, 51)); got {dynamic_steps!r}."
             )
-        except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "not exportable"
-            raise OnnxExportError(
-                f"Could not trace the network into ONNX ({type(err).__name__}: {str(err).splitlines()[0][:400]}). "
-                "export_ddim needs a forward pass that torch.jit.trace can follow: tensor operations with ONNX "
-                "equivalents, no data-dependent Python control flow, no .item()/.numpy()/.tolist() on tensors."
-            ) from err
-    traced = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-    tracer = [str(w.message).splitlines()[0] for w in traced]
-    torch_dir = str(Path(torch.__file__).parent)  # torch's own shape checks (e.g. group_norm's) are benign
-    unsafe = [
-        str(w.message).splitlines()[0]
-        for w in traced
-        if str(w.message).startswith("Converting a tensor to a") and not str(w.filename).startswith(torch_dir)
-    ]
-    if unsafe:
-        raise OnnxExportError(
-            f"The network's forward turns a tensor into a Python value while tracing ({unsafe[0]}): the ONNX "
-            "graph would freeze that value (data-dependent control flow or .item()/.numpy()). Express it with "
-            "tensor operations (torch.where instead of if, no .item()) and export again."
-        )
-    return onnx.load_from_string(buf.getvalue()), tracer
-
-
-def _check(model: onnx.ModelProto) -> tuple[bool, bool]:
-    try:
-        onnx.checker.check_model(model)
-        checker_ok = True
-    except onnx.checker.ValidationError:
-        checker_ok = False
-    try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        shapes_ok = True
-    except Exception:  # noqa: BLE001 - onnx raises InferenceError and friends
-        shapes_ok = False
-    return checker_ok, shapes_ok
-
-
-def _config(
-    score_model: ScoreModel,
-    grid: str | None,
-    eps: float,
-    rho: float,
-    set_alpha_to_one: bool | None,
-    steps_offset: int,
-    eta: float,
-) -> dict:
-    """The JSON that rebuilds the DDIM plan (``runtime.ddim_plan``), with sdeflow.sample's defaults."""
-    sde, label = score_model.sde, score_model.time_label
-    discrete_model = isinstance(label, DDPMTimesteps)
-    if grid is None:  # sdeflow.sample's default for method='ddim'
-        grid = "leading" if discrete_model else DEFAULT_GRIDS["ddim"]
-    if grid not in CONTINUOUS_GRIDS + DISCRETE_SPACINGS:
-        raise ValueError(f"Invalid grid {grid!r}. Must be one of {CONTINUOUS_GRIDS + DISCRETE_SPACINGS}.")
-    if grid in DISCRETE_SPACINGS and not isinstance(sde, VPSDE):
+        counts = set()
+        for s in dynamic_steps:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+                raise ValueError(f"`dynamic_steps` must hold integers >= 1; got {s!r} in {list(dynamic_steps)}.")
+            counts.add(int(s))
+        counts.add(steps)
+    if explicit and counts != {steps}:
         raise ValueError(
-            f"The discrete spacing {grid!r} needs a VPSDE (the DDPM schedule); got {sde!r}. "
-            f"Use a continuous grid {CONTINUOUS_GRIDS}."
+            f"The explicit grid {type(grid).__name__} fixes the step count ({steps}); `dynamic_steps` "
+            f"{sorted(counts)} would need other grids. Use a grid family (e.g. 'logsnr') or dynamic_steps=None."
         )
-    if grid in CONTINUOUS_GRIDS and not 0 < eps < sde.T:
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps!r}.")
-    if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
-        raise ValueError(f"`eta` must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like); got {eta!r}.")
-    probe = label(torch.tensor([0.5], dtype=torch.float64))
-    return {
-        "grid": grid,
-        "sde": sde.config(),
-        "T": sde.T,
-        "eps": float(eps),
-        "rho": float(rho),
-        "set_alpha_to_one": grid in DISCRETE_SPACINGS if set_alpha_to_one is None else bool(set_alpha_to_one),
-        "N": label.N if discrete_model else 1000,
-        "steps_offset": int(steps_offset),
-        "eta": float(eta),
-        "prediction": score_model.prediction,
-        "time_label": label.config(),
-        "label_dtype": "float32" if probe.is_floating_point() else "int64",
-    }
+    return tuple(sorted(counts))
 
 
-def export_ddim(
+def export_sampler(
     model_or_checkpoint: Any,
     path: str | Path,
+    sampler: GridSampler | str = "ddim",
     steps: int = 50,
-    eta: float = 0.0,
+    grid: Any = None,
     *,
-    sample_shape: tuple[int, ...] | None = None,
-    grid: str | None = None,
+    sample_shape: Sequence[int] | None = None,
     eps: float = 1e-3,
-    rho: float = 7.0,
     set_alpha_to_one: bool | None = None,
-    steps_offset: int = 0,
-    dynamic_steps: bool = False,
+    dynamic_steps: bool | Sequence[int] | None = None,
     fold_time_embedding: bool = True,
     verify: bool = True,
     batch_sizes: tuple[int, ...] = (1, 7, 64),
     rtol: float = 1e-5,
     strict: bool = True,
     seed: int = 0,
+    **options: Any,
 ) -> ExportReport:
-    """Export DDIM with S = ``steps`` steps of a score network to one ONNX graph at ``path``, and verify it.
+    """Export a fixed-grid sampler of a score network to one ONNX graph at ``path``, and verify it.
 
-    The DDIM is the one of ``sdeflow.sample(model, sde, method='ddim', steps=S, eta=eta, grid=grid, ...)``, with
-    the same defaults: grid 'leading' (diffusers' DDIM spacing on the discrete DDPM schedule) for networks
-    labelled with ``DDPMTimesteps``, else ``sdeflow.sampling.DEFAULT_GRIDS['ddim']`` on [eps, T]; the last step
-    goes to abar = 1 on the discrete schedule and stops at t = eps on continuous grids unless
-    ``set_alpha_to_one`` says otherwise.
+    The sampler is the one of ``sdeflow.sample(model, sde, sampler=sampler, steps=S, grid=grid, eps=eps,
+    set_alpha_to_one=...)`` with the same defaults (grid 'leading' for networks labelled with ``DDPMTimesteps``,
+    else ``sdeflow.sampling.DEFAULT_GRIDS[name]``). Graph contract (README, "Deployment"): input ``x_T`` float32
+    [B, *sample_shape]; for samplers that draw K > 0 normals (``plan.noise_draws``, in the metadata) also ``noise``
+    float32 [K, B, *sample_shape] (the k-th draw, in the order ``sdeflow.sample`` consumes them); output ``x_0``.
 
     Args:
         model_or_checkpoint: a ``ScoreModel``, an sdeflow ``Checkpoint`` or a checkpoint folder.
-        steps, eta: S DDIM steps and eta in [0, 1] (eta > 0 adds the input ``noise`` [S, B, *sample_shape]).
+        path: the ``.onnx`` file; replaced atomically only once the new graph is verified.
+        sampler: a sampler object (``UniPC(order=3)``) or its name with ``options`` (``'unipc', order=3``). PC (a
+            nonlinear Langevin corrector) and the torchdiffeq / torchsde solvers cannot be exported.
+        steps: the grid's step count S (explicit grids carry their own).
+        grid: a grid object, name, explicit times, or a tuned grid file (.json, ``sdeflow.sampling.load_grid``).
         sample_shape: the shape of one sample (taken from a checkpoint when omitted).
-        grid, eps, rho, set_alpha_to_one, steps_offset: the time grid, as in ``sdeflow.sample``.
-        dynamic_steps: export an ONNX Scan over one traced step that takes ``timesteps`` [S] and
-            ``coefficients`` [S, 3], so the step count is chosen at run time (``OnnxSampler.run(..., steps=)``);
-            slower than the unrolled default (see the README).
+        dynamic_steps: None (unrolled graph), or the step counts a Scan graph offers at run time (True:
+            ``DEFAULT_DYNAMIC_STEPS`` and ``steps``); their labels and coefficient rows are stored in the metadata
+            and ``OnnxSampler.run(..., steps=)`` picks them.
         fold_time_embedding: give the network its label with shape [1] when it broadcasts it (checked on a
-            probe batch), so the time pathway of every unrolled step is constant and folds away.
+            probe batch), so the time pathway of every evaluation is constant and folds away.
         verify, batch_sizes, rtol, strict: run onnxruntime against ``sdeflow.sample`` at these batch sizes; with
-            ``strict`` a relative error above ``rtol`` or a failed check raises ``OnnxExportError`` and removes
-            the file.
+            ``strict`` a relative error above ``rtol`` or a failed check raises ``OnnxExportError`` and leaves
+            ``path`` as it was.
 
     Returns:
         ExportReport: checker, shape inference, relative error per batch size, sizes and timings.
     """
     t0 = time.perf_counter()
     score_model, shape, data_info = _resolve(model_or_checkpoint, sample_shape)
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+    smp = make_sampler(sampler, **options)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"`rtol` must be a number in (0, 1); got {rtol!r}. Use e.g. rtol=1e-5.")
+    if verify and (
+        not batch_sizes
+        or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in batch_sizes)
+    ):
+        raise ValueError(f"`batch_sizes` must be a non-empty tuple of integers >= 1; got {batch_sizes!r}.")
+    if not isinstance(smp, GridSampler):
+        raise ValueError(
+            f"`sampler` {smp.name!r} is a torchdiffeq / torchsde solver: its steps are chosen by the solver and "
+            "cannot be unrolled into a graph. Export a fixed-grid sampler (ddim, ddpm, dpmsolver++, "
+            "sde-dpmsolver++, unipc, ipndm, deis, heun)."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1; got {steps!r}. Use e.g. steps=50.")
-    steps = int(steps)
-    config = _config(score_model, grid, eps, rho, set_alpha_to_one, steps_offset, eta)
-    plan = ddim_plan(config, steps)
-    label_dtype = torch.int64 if config["label_dtype"] == "int64" else torch.float32
-    proto, tracer = _build(score_model.net, plan, shape, label_dtype, eta, dynamic_steps, fold_time_embedding, seed)
-    _set_metadata(proto, config, steps, shape, score_model, dynamic_steps, data_info)
-    checker_ok, shapes_ok = _check(proto)
+    discrete = isinstance(score_model.time_label, DDPMTimesteps)
+    gobj = _as_grid(grid, smp, discrete)
+    plan = compile_plan(score_model, score_model.sde, smp, gobj, int(steps), eps=eps, set_alpha_to_one=set_alpha_to_one)
+    if not plan.linear:
+        raise ValueError(
+            f"`sampler` {smp.name!r} has a Langevin corrector whose step size depends on norms of the sample: it "
+            "is not a linear plan and cannot be exported. Export e.g. 'ddpm' or 'sde-dpmsolver++' instead."
+        )
+    steps = plan.steps
+    counts = _step_counts(dynamic_steps, steps, gobj)
+    spec = SamplerSpec(smp, gobj, float(eps), set_alpha_to_one)
+    tables = _tables(score_model, spec, counts) if counts else None
+
+    proto, tracer = _build(score_model.net, plan, score_model, shape, tables, fold_time_embedding, seed)
+    _set_metadata(proto, score_model, smp, gobj, plan, shape, eps, set_alpha_to_one, tables, data_info)
+    checker_ok, shapes_ok = check_model(proto)
     path = Path(path)
-    atomic_write(path, lambda p: p.write_bytes(proto.SerializeToString()))
-    errors: dict[int, float] = {}
-    reference = "not run"
-    if verify:
-        sampler = OnnxSampler(path, providers="cpu", threads=1)
-        errors, reference = parity(score_model, sampler, config, steps, batch_sizes, seed)
-    report = ExportReport(
-        path=path,
-        steps=steps,
-        eta=float(eta),
-        dynamic_steps=dynamic_steps,
-        sample_shape=shape,
-        config=config,
-        nodes=_count_nodes(proto.graph),
-        size_bytes=path.stat().st_size,
-        checker_ok=checker_ok,
-        shape_inference_ok=shapes_ok,
-        parity=errors,
-        rtol=rtol,
-        reference=reference,
-        export_seconds=time.perf_counter() - t0,
-        tracer_warnings=tuple(dict.fromkeys(tracer)),
-    )
-    if strict and verify and not report.verified:
-        path.unlink(missing_ok=True)
-        hint = f" Tracer warnings: {'; '.join(report.tracer_warnings)}." if report.tracer_warnings else ""
-        raise OnnxExportError(f"The exported graph failed verification and was removed: {report.summary()}.{hint}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        tmp.write_bytes(proto.SerializeToString())
+        errors: dict[int, float] = {}
+        errors_steps: dict[int, float] = {}
+        if verify:
+            runner = OnnxSampler(tmp, providers="cpu", threads=1)
+            errors = parity(score_model, runner, spec, steps, tuple(batch_sizes), seed)
+            for s in counts:
+                if s != steps:
+                    errors_steps[s] = parity(score_model, runner, spec, s, tuple(batch_sizes[:1]), seed)[
+                        int(batch_sizes[0])
+                    ]
+        report = ExportReport(
+            path=path,
+            sampler=smp.name,
+            options=smp.options(),
+            grid=gobj.config(),
+            steps=steps,
+            nfe=plan.nfe,
+            noise_draws=plan.noise_draws,
+            dynamic_steps=counts,
+            sample_shape=shape,
+            nodes=_count_nodes(proto.graph),
+            size_bytes=tmp.stat().st_size,
+            checker_ok=checker_ok,
+            shape_inference_ok=shapes_ok,
+            parity=errors,
+            parity_steps=errors_steps,
+            rtol=rtol,
+            reference=spec.describe() if verify else "not run",
+            export_seconds=time.perf_counter() - t0,
+            tracer_warnings=tuple(dict.fromkeys(tracer)),
+        )
+        if strict and not (report.verified if verify else checker_ok and shapes_ok):
+            hint = f" Tracer warnings: {'; '.join(report.tracer_warnings)}." if report.tracer_warnings else ""
+            if verify and checker_ok and shapes_ok and all(np.isfinite(e) for e in errors.values()):
+                floor = float32_floor(score_model, runner, spec, steps, int(batch_sizes[0]), seed)
+                if np.isfinite(floor):
+                    hint += (
+                        f" For scale: sdeflow.sample itself differs from its own float64 run by {floor:.1e} here "
+                        "(how much this sampler and grid amplify float32 rounding); if that is near the errors above, "
+                        "the graph is right and `rtol` too tight for this sampler and grid: pass a larger rtol."
+                    )
+            kept = "the previous file there is untouched" if path.exists() else "nothing was written"
+            raise OnnxExportError(f"The exported graph failed verification ({kept}): {report.summary()}.{hint}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return report
+
+
+def export_ddim(
+    model_or_checkpoint: Any, path: str | Path, steps: int = 50, eta: float = 0.0, **kwargs: Any
+) -> ExportReport:
+    """``export_sampler(model_or_checkpoint, path, sampler=DDIM(eta=eta), steps=steps, **kwargs)``."""
+    return export_sampler(model_or_checkpoint, path, sampler=DDIM(eta=eta), steps=steps, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Per step count: labels [NFE], coefficient rows [NFE, 2, 2W + 2], noise index [NFE], K; shared window W."""
+
+    window: int
+    labels: dict[int, np.ndarray]
+    rows: dict[int, ScanTables]
+    stochastic: bool
+
+
+def _labels(model: ScoreModel, plan: Plan) -> np.ndarray:
+    labs = network_labels(model, plan.grid, [e.point for e in plan.evals])
+    arr = torch.stack(labs).numpy()
+    return arr.astype(np.int64) if not np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float32)
+
+
+def _tables(model: ScoreModel, spec: SamplerSpec, counts: tuple[int, ...]) -> _Tables:
+    plans = {
+        s: compile_plan(
+            model, model.sde, spec.sampler, spec.grid, s, eps=spec.eps, set_alpha_to_one=spec.set_alpha_to_one
+        )
+        for s in counts
+    }
+    try:
+        window = max(scan_tables(p).window for p in plans.values())
+        rows = {s: scan_tables(p, window) for s, p in plans.items()}
+    except ValueError as err:
+        raise ValueError(f"`dynamic_steps`: {err} Export the unrolled form (dynamic_steps=None).") from None
+    labels = {s: _labels(model, p) for s, p in plans.items()}
+    return _Tables(window, labels, rows, any(r.noise_draws > 0 for r in rows.values()))
 
 
 def _build(
     net: Any,
-    plan: DDIMPlan,
+    plan: Plan,
+    model: ScoreModel,
     shape: tuple[int, ...],
-    label_dtype: torch.dtype,
-    eta: float,
-    dynamic_steps: bool,
+    tables: _Tables | None,
     fold: bool,
     seed: int,
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Trace the unrolled loop (or one step wrapped in a Scan) into an ONNX model."""
-    was_training = getattr(net, "training", False)
-    if isinstance(net, torch.nn.Module):
-        net.eval()
-    try:
-        x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed))
-        first = plan.labels[0].item()
+    """Trace one network call (or the Scan body) and assemble the graph."""
+    labels = _labels(model, plan)
+    label0 = torch.from_numpy(labels[:1]).reshape(())
+    x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed))
+    with frozen(net):
         try:
             with torch.no_grad():
-                out = net(x, torch.full((2,), first, dtype=label_dtype))
+                out = net(x, label0.reshape(1).expand(2))
         except Exception as err:  # noqa: BLE001 - the user's network failed on a plain call
             raise OnnxExportError(
-                f"The network failed on a probe batch x {tuple(x.shape)} with labels of dtype {label_dtype}: "
+                f"The network failed on a probe batch x {tuple(x.shape)} with labels of dtype {label0.dtype}: "
                 f"{type(err).__name__}: {err}"
             ) from err
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"The network must return a tensor of the input's shape {tuple(x.shape)}; got {got}.")
-        broadcast = fold and _broadcasts_label(net, shape, first, label_dtype)
-        with torch.no_grad():
-            args = (x, torch.tensor(first, dtype=label_dtype), torch.zeros(3)) + ((x,) if eta > 0 else ())
-            names = ["x", "label", "coef"] + (["z"] if eta > 0 else [])
-            step, tracer = _trace(
-                DDIMStep(net, broadcast, eta > 0), args, names, {"x": {0: "B"}, "z": {0: "B"}, "x_0": {0: "B"}}
-            )
-            if dynamic_steps:
-                elem = onnx.TensorProto.INT64 if label_dtype == torch.int64 else onnx.TensorProto.FLOAT
-                return scan_graph(step, eta, shape, elem), tracer
-            if not has_subgraphs(step.graph):
-                dtype = np.int64 if label_dtype == torch.int64 else np.float32
-                return unrolled_graph(step, plan, dtype, eta, shape), tracer
-            noise = torch.randn((plan.steps, 2, *shape)) if eta > 0 else None  # trace the whole loop instead
-            names = ["x_T"] + (["noise"] if eta > 0 else [])
-            dims = {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}}
-            module = UnrolledDDIM(net, plan, label_dtype, broadcast)
-            return _trace(module, (x, noise) if eta > 0 else (x,), names, dims)
-    finally:
-        if isinstance(net, torch.nn.Module):
-            net.train(was_training)
+        broadcast = fold and broadcasts_label(net, shape, label0)
+        if tables is not None:
+            w = tables.window
+            hist = torch.zeros((w, *x.shape))
+            coef = torch.zeros((2, 2 * w + 2))
+            args = (x, x, hist, hist, label0, coef) + ((x,) if tables.stochastic else ())
+            names = ["x", "s", "outs", "ins", "label", "coef"] + (["z"] if tables.stochastic else [])
+            outs = ["x_next", "s_next", "outs_next", "ins_next"]
+            dims = {n: {0: "B"} for n in ("x", "s", "z", "x_next", "s_next")}
+            dims.update({n: {1: "B"} for n in ("outs", "ins", "outs_next", "ins_next")})
+            step, tracer = trace(ScanStep(net, broadcast, w, tables.stochastic), args, names, outs, dims)
+            elem = onnx.TensorProto.INT64 if labels.dtype == np.int64 else onnx.TensorProto.FLOAT
+            return scan_graph(step, shape, elem, tables.stochastic, w), tracer
+        call, tracer = trace(
+            NetCall(net, broadcast), (x, label0), ["x", "label"], ["out"], {"x": {0: "B"}, "out": {0: "B"}}
+        )
+        if not has_subgraphs(call.graph):
+            return unrolled_graph(call, plan, labels, shape), tracer
+        # control flow inside the network: trace the whole plan (run_plan) instead of copying one call
+        module = PlanModule(
+            net, plan, [torch.from_numpy(labels[i : i + 1]).reshape(()) for i in range(plan.nfe)], broadcast
+        )
+        k = plan.noise_draws
+        args = (x, torch.randn((k, 2, *shape))) if k else (x,)
+        names = ["x_T"] + (["noise"] if k else [])
+        return trace(module, args, names, ["x_0"], {"x_T": {0: "B"}, "x_0": {0: "B"}, "noise": {1: "B"}})
 
 
 def _set_metadata(
     proto: onnx.ModelProto,
-    config: dict,
-    steps: int,
+    model: ScoreModel,
+    smp: GridSampler,
+    gobj: Any,
+    plan: Plan,
     shape: tuple[int, ...],
-    score_model: ScoreModel,
-    dynamic_steps: bool,
+    eps: float,
+    set_alpha_to_one: bool | None,
+    tables: _Tables | None,
     data_info: dict | None,
 ) -> None:
     from .. import __version__
 
-    eta = config["eta"]
-    inputs = "x_T float32 [B, *sample_shape]"
-    inputs += "; noise float32 [S, B, *sample_shape]" if eta > 0 else ""
-    inputs += f"; timesteps {config['label_dtype']} [S]; coefficients float32 [S, 3]" if dynamic_steps else ""
+    k = plan.noise_draws
+    if tables is None:
+        inputs = "x_T float32 [B, *sample_shape]" + ("; noise float32 [K, B, *sample_shape]" if k else "")
+    else:
+        inputs = (
+            "x_T float32 [B, *sample_shape]; labels [N]; coefficients float32 [N, 2, 2W + 2]"
+            + ("; noise_rows float32 [N, B, *sample_shape]" if tables.stochastic else "")
+            + " (filled by OnnxSampler from sdeflow.dynamic_tables)"
+        )
     props = {
         "sdeflow.format": FORMAT,
         "sdeflow.version": __version__,
-        "sdeflow.config": json.dumps(config),
-        "sdeflow.sde": json.dumps(config["sde"]),
-        "sdeflow.grid": config["grid"],
-        "sdeflow.spacing": config["grid"] if config["grid"] in DISCRETE_SPACINGS else "none (continuous grid)",
-        "sdeflow.schedule": f"discrete DDPM (abar_i, N={config['N']})"
-        if config["grid"] in DISCRETE_SPACINGS
-        else f"continuous alpha(t), sigma(t) on [eps={config['eps']}, T={config['T']}]",
-        "sdeflow.set_alpha_to_one": str(config["set_alpha_to_one"]).lower(),
-        "sdeflow.steps": str(steps),
-        "sdeflow.eta": repr(float(eta)),
+        "sdeflow.sampler": smp.name,
+        "sdeflow.sampler_options": json.dumps(smp.options()),
+        "sdeflow.grid": json.dumps(gobj.config()),
+        "sdeflow.steps": str(plan.steps),
+        "sdeflow.nfe": str(plan.nfe),
+        "sdeflow.noise_draws": str(k),
         "sdeflow.sample_shape": json.dumps(list(shape)),
-        "sdeflow.time_label": json.dumps(config["time_label"]),
-        "sdeflow.prediction": config["prediction"],
-        "sdeflow.prior_std": repr(float(score_model.sde.prior_std)),
-        "sdeflow.graph": "scan" if dynamic_steps else "unrolled",
+        "sdeflow.prior_std": repr(float(model.sde.prior_std)),
+        "sdeflow.sde": json.dumps(model.sde.config()),
+        "sdeflow.prediction": model.prediction,
+        "sdeflow.time_label": json.dumps(model.time_label.config()),
+        "sdeflow.eps": repr(float(eps)),
+        "sdeflow.set_alpha_to_one": json.dumps(set_alpha_to_one),
+        "sdeflow.times": json.dumps([float(t) for t in plan.grid.t]),
+        "sdeflow.graph": "scan" if tables is not None else "unrolled",
         "sdeflow.inputs": inputs,
     }
+    if tables is not None:
+        props["sdeflow.dynamic_tables"] = json.dumps(
+            {
+                "window": tables.window,
+                "steps": {
+                    str(s): {
+                        "labels": tables.labels[s].tolist(),
+                        "coefficients": tables.rows[s].coefficients.tolist(),
+                        "noise_index": tables.rows[s].noise_index.tolist(),
+                        "noise_draws": tables.rows[s].noise_draws,
+                    }
+                    for s in sorted(tables.labels)
+                },
+            }
+        )
     if data_info:
         props["sdeflow.data"] = json.dumps(data_info)
     onnx.helper.set_model_props(proto, props)

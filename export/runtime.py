@@ -1,18 +1,25 @@
-"""Run an sdeflow DDIM graph under onnxruntime. Needs only numpy and onnxruntime: no torch, no other sdeflow module.
+"""Run an sdeflow sampler graph under onnxruntime. Needs only numpy and onnxruntime: no torch, no other sdeflow module.
 
 This file is self-contained on purpose. Importing ``sdeflow.export`` imports the parent package ``sdeflow`` and
 with it torch, so a deployment without torch copies this one file next to its ``model.onnx`` and loads it by
-path (or runs it as a script: ``python runtime.py model.onnx --batch 16 --out samples.npy``). Inside sdeflow
-the same module is ``sdeflow.export.runtime``, and the exporter builds its DDIM schedule with the functions
-below, so the exported constants and the run-time schedule of a dynamic-steps graph come from one place.
+path (or runs it as a script: ``python runtime.py model.onnx --batch 16 --out samples.npy``). It computes no
+schedule: every label and coefficient is in the graph or its metadata, written by ``sdeflow.export.export_sampler``.
 
-The graph contract (written by ``sdeflow.export.export_ddim``):
+The graph contract:
     inputs   x_T    float32 [B, *sample_shape]        (B dynamic)
-             noise  float32 [S, B, *sample_shape]     (only when eta > 0: z of every DDIM step)
-             timesteps [S] (float32 or int64) and coefficients float32 [S, 3]   (dynamic-steps graphs only)
+             noise  float32 [K, B, *sample_shape]     (only when the sampler draws K > 0 normals;
+                                                       K = metadata 'sdeflow.noise_draws')
     output   x_0    float32 [B, *sample_shape]
-Every DDIM step k is x <- A_k x + B_k net(x, label_k) + sig_k z_k with (A_k, B_k, sig_k) computed in float64
-(``ddim_plan``); the metadata key ``sdeflow.config`` holds the JSON that rebuilds the plan.
+A dynamic-steps graph ('sdeflow.graph' = 'scan') takes instead of ``noise`` the per-evaluation inputs ``labels``
+[N], ``coefficients`` [N, 2, 2W + 2] and ``noise_rows`` [N, B, ...]; ``OnnxSampler.run(x_T, noise, steps=S)``
+fills them from the table of step count S in the metadata 'sdeflow.dynamic_tables' (row i of noise_rows is
+noise[noise_index[i]], zeros where noise_index is -1).
+
+Seeds (``draw``; the generator ``sdeflow.sample(seed=)`` uses, ``sdeflow.sampling.noise``): sample i has the seed
+seed_i = (seed + i) mod 2**62 and
+    x_T[i]      = float32(prior_std) * float32(np.random.default_rng([seed_i, 0]).standard_normal(sample_shape))
+    noise[:, i] = float32(np.random.default_rng([seed_i, 1]).standard_normal((K, *sample_shape)))
+so the same seed gives the same samples in PyTorch and here, whatever the batch size.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 import zlib
@@ -31,232 +39,222 @@ import numpy as np
 import onnxruntime as ort
 
 __all__ = [
-    "OnnxSampler", "GraphInfo", "DDIMPlan", "ddim_plan", "time_grid", "ddim_coefficients", "main",
-    "image_grid", "points_raster", "encode_png", "encode_arrays", "samples_png",
+    "OnnxSampler",
+    "GraphInfo",
+    "StepTable",
+    "NonFiniteOutputError",
+    "draw_inputs",
+    "main",
+    "image_grid",
+    "points_raster",
+    "encode_png",
+    "encode_arrays",
+    "samples_png",
 ]
 
-FORMAT = "sdeflow-ddim/1"  # value of the metadata key "sdeflow.format"
-CONTINUOUS_GRIDS = ("uniform", "quadratic", "logsnr", "karras")
-DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
+FORMAT = "sdeflow-sampler/1"  # value of the metadata key "sdeflow.format"
+_SEED_MOD = 2**62
+MAX_PRIOR_STD = 1e5  # a larger prior std is an edited or corrupt metadata value (VE sigma_max is at most ~1e3)
 
 
-# --- the DDIM schedule in float64 numpy (mirrors sdeflow.sde and sdeflow.sampling.grids; tests compare) -----------
-def _log_alpha_vp(sde: dict, t: np.ndarray) -> np.ndarray:
-    b0, b1 = float(sde["beta_min"]), float(sde["beta_max"])
-    return -0.25 * t**2 * (b1 - b0) - 0.5 * t * b0
+class NonFiniteOutputError(ValueError):
+    """The graph returned NaN or inf for some samples (``indices``); ``OnnxSampler.run(allow_nonfinite=True)``
+    returns such outputs instead of raising."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
 
 
-def _t_from_log_alpha_vp(sde: dict, log_alpha: np.ndarray) -> np.ndarray:
-    # a t^2 + b t - c = 0 with a = (b1 - b0)/4, b = b0/2, c = -log alpha, solved as t = 2c / (b + sqrt(b^2 + 4ac))
-    a, b = 0.25 * (float(sde["beta_max"]) - float(sde["beta_min"])), 0.5 * float(sde["beta_min"])
-    return 2 * -log_alpha / (b + np.sqrt(b * b - 4 * a * log_alpha))
+def draw_inputs(
+    seeds: list[int], sample_shape: tuple[int, ...], prior_std: float, noise_draws: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """x_T [B, ...] and noise [K, B, ...] (None when K = 0) for the per-sample seeds (module docstring)."""
+    b = len(seeds)
+    x_T = np.empty((b, *sample_shape), np.float32)  # noqa: N806
+    noise = np.empty((noise_draws, b, *sample_shape), np.float32) if noise_draws > 0 else None
+    std = np.float32(prior_std)
+    for i, s in enumerate(seeds):
+        x_T[i] = std * np.random.default_rng([int(s) % _SEED_MOD, 0]).standard_normal(sample_shape).astype(np.float32)
+        if noise is not None:
+            z = np.random.default_rng([int(s) % _SEED_MOD, 1]).standard_normal((noise_draws, *sample_shape))
+            noise[:, i] = z.astype(np.float32)
+    return x_T, noise
 
 
-def alpha_sigma(sde: dict, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """alpha(t), sigma(t) of the SDE described by ``sde`` (``SDE.config()``) in float64 (MATH.md section 1).
-
-    VP: log alpha = -t^2 (b1 - b0)/4 - t b0/2, sigma = sqrt(1 - alpha^2); sub-VP: sigma = 1 - alpha^2;
-    VE: alpha = 1, sigma = smin sqrt(exp(2 t ln(smax/smin)) - 1).
-    """
-    t = np.asarray(t, dtype=np.float64)
-    kind = sde.get("type")
-    if kind in ("VPSDE", "SubVPSDE"):
-        log_alpha = _log_alpha_vp(sde, t)
-        one_minus_a2 = -np.expm1(2 * log_alpha)
-        return np.exp(log_alpha), (np.sqrt(one_minus_a2) if kind == "VPSDE" else one_minus_a2)
-    if kind == "VESDE":
-        smin, smax = float(sde["sigma_min"]), float(sde["sigma_max"])
-        return np.ones_like(t), smin * np.sqrt(np.expm1(2 * t * np.log(smax / smin)))
-    raise ValueError(f"Unknown SDE type {kind!r}. Must be one of ['SubVPSDE', 'VESDE', 'VPSDE'].")
-
-
-def log_snr(sde: dict, t: np.ndarray) -> np.ndarray:
-    """lambda(t) = log(alpha(t) / sigma(t))."""
-    alpha, sigma = alpha_sigma(sde, t)
-    return np.log(alpha) - np.log(sigma)
-
-
-def t_from_log_snr(sde: dict, lam: np.ndarray) -> np.ndarray:
-    """The inverse of ``log_snr`` (VP: alpha^2 = sigmoid(2 lambda); sub-VP: alpha/(1 - alpha^2) = e^lambda;
-    VE: sigma = e^-lambda)."""
-    kind = sde.get("type")
-    if kind == "VPSDE":
-        return _t_from_log_alpha_vp(sde, -0.5 * np.logaddexp(0.0, -2 * lam))
-    if kind == "SubVPSDE":
-        alpha = 2 * np.exp(lam) / (1 + np.sqrt(1 + 4 * np.exp(2 * lam)))
-        return _t_from_log_alpha_vp(sde, np.log(alpha))
-    smin, smax = float(sde["sigma_min"]), float(sde["sigma_max"])
-    return np.log1p(np.exp(-2 * lam) / smin**2) / (2 * np.log(smax / smin))
-
-
-def discrete_timesteps(n: int, steps: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
-    """The S decreasing DDPM timesteps of a spacing (diffusers' DDIMScheduler): 'leading' arange(S) * (N // S)
-    reversed (+ steps_offset); 'trailing' round(arange(N, 0, -N/S)) - 1; 'linspace' round(linspace(0, N-1, S))
-    reversed."""
-    if not 1 <= steps <= n:
-        raise ValueError(f"`steps` must lie in [1, N] = [1, {n}] on the discrete schedule; got {steps}.")
-    if spacing == "leading":
-        ts = (np.arange(0, steps) * (n // steps)).round()[::-1].astype(np.int64) + steps_offset
-    elif spacing == "trailing":
-        ts = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
-    elif spacing == "linspace":
-        ts = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
-    else:
-        raise ValueError(f"Invalid spacing {spacing!r}. Must be one of {DISCRETE_SPACINGS}.")
-    return np.ascontiguousarray(ts)
-
-
-def time_grid(config: dict, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """The S + 1 decreasing grid points (t, alpha, sigma, DDPM timesteps or None), as ``sdeflow.sampling``
-    builds them: a discrete spacing on abar_i (timestep i is t = (i + 1)/N) followed by abar = 1 (timestep -1,
-    ``set_alpha_to_one``) or abar_0; or a continuous grid on [eps, T] ('uniform' in t, 'quadratic', 'logsnr'
-    uniform in log-SNR, 'karras' with rho), optionally followed by t = 0, sigma = 0."""
-    grid, sde, one = config["grid"], config["sde"], bool(config["set_alpha_to_one"])
-    if grid in DISCRETE_SPACINGS:
-        n = int(config["N"])
-        if sde.get("type") != "VPSDE":
-            raise ValueError(f"The discrete spacing {grid!r} needs a VPSDE; got {sde.get('type')!r}.")
-        betas = np.linspace(float(sde["beta_min"]) / n, float(sde["beta_max"]) / n, n, dtype=np.float64)
-        abar = np.cumprod(1.0 - betas)
-        ts = discrete_timesteps(n, steps, grid, int(config.get("steps_offset", 0)))
-        ts = np.append(ts, -1 if one else 0)
-        ab = np.where(ts >= 0, abar[np.maximum(ts, 0)], 1.0)
-        t = np.where(ts >= 0, (ts + 1) / n, 0.0)
-        return t, np.sqrt(ab), np.sqrt(1 - ab), ts
-    if grid not in CONTINUOUS_GRIDS:
-        raise ValueError(f"Invalid grid {grid!r}. Must be one of {CONTINUOUS_GRIDS + DISCRETE_SPACINGS}.")
-    T, eps, rho = float(config["T"]), float(config["eps"]), float(config.get("rho", 7.0))  # noqa: N806
-    m = steps if one else steps + 1
-    u = np.linspace(0, 1, m) if m > 1 else np.zeros(1)
-    if grid == "uniform":
-        t = T + u * (eps - T)
-    elif grid == "quadratic":
-        t = eps + (T - eps) * (1 - u) ** 2
-    elif grid == "logsnr":
-        lam = log_snr(sde, np.array([T, eps]))
-        t = t_from_log_snr(sde, lam[0] + u * (lam[1] - lam[0]))
-    else:
-        s_max, s_min = np.exp(-log_snr(sde, np.array([T, eps])))
-        s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-        t = t_from_log_snr(sde, -np.log(s))
-    t[0] = T
-    if m > 1:
-        t[-1] = eps
-    if one:
-        t = np.append(t, 0.0)
-    alpha, sigma = alpha_sigma(sde, t)
-    return t, alpha, np.where(t == 0, 0.0, sigma), None
-
-
-def time_labels(time_label: dict, t: np.ndarray) -> np.ndarray:
-    """The network's time input for continuous times t (float64), as ``sdeflow.parametrization`` maps them."""
-    kind = time_label.get("type")
-    if kind == "ContinuousTime":
-        return t
-    if kind == "DDPMTimesteps":
-        n = int(time_label["N"])
-        label = np.clip(t * n - 1, 0, n - 1)
-        return np.round(label).astype(np.int64) if time_label.get("integer") else label
-    if kind == "ScoreSDETime":
-        return t * (int(time_label["N"]) - 1)
-    if kind == "LogNoiseLevel":  # c_noise = log(sigma / alpha) / 4
-        alpha, sigma = alpha_sigma(time_label["sde"], t)
-        return 0.25 * (np.log(sigma) - np.log(alpha))
-    raise ValueError(
-        f"Unknown time label {kind!r}. Must be ContinuousTime, DDPMTimesteps, ScoreSDETime or LogNoiseLevel."
-    )
-
-
+# --- metadata -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DDIMPlan:
-    """Step k goes from grid point k to k + 1 (float64 [S + 1] arrays t, alpha, sigma) calling the network with
-    ``labels[k]``; ``coefficients`` [S, 3] = (A, B, sig) with x_{k+1} = A x_k + B out_k + sig z_k."""
+class StepTable:
+    """A dynamic-steps graph's inputs for one step count: ``labels`` [N], ``coefficients`` float32 [N, 2, 2W + 2],
+    ``noise_index`` [N] (-1: no noise on that evaluation), ``noise_draws`` K."""
 
-    t: np.ndarray
-    alpha: np.ndarray
-    sigma: np.ndarray
     labels: np.ndarray
     coefficients: np.ndarray
-
-    @property
-    def steps(self) -> int:
-        return int(self.labels.shape[0])
+    noise_index: np.ndarray
+    noise_draws: int
 
 
-def ddim_coefficients(
-    alpha_t: np.ndarray, sigma_t: np.ndarray, alpha_s: np.ndarray, sigma_s: np.ndarray, eta: float, prediction: str
-) -> np.ndarray:
-    """Fused DDIM coefficients (A, B, sig), float64 [S, 3] (MATH.md section 4 with general alpha, sigma):
-
-        x0_hat = (x_t - sigma_t eps_hat) / alpha_t
-        sig    = eta (sigma_s / sigma_t) sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2)
-        x_s    = alpha_s x0_hat + sqrt(sigma_s^2 - sig^2) eps_hat + sig z
-    (VP: alpha^2 = abar and sig = eta sqrt((1-abar_s)/(1-abar_t)) sqrt(1-abar_t/abar_s)). With the network
-    output ``out`` and eps_hat = p x_t + q out (eps: p = 0, q = 1; x0: 1/sigma, -alpha/sigma;
-    v: sigma/(alpha^2+sigma^2), alpha/(alpha^2+sigma^2); score: 0, -sigma) this is x_s = A x_t + B out + sig z.
-    """
-    a_t, s_t, a_s, s_s = (np.asarray(v, dtype=np.float64) for v in (alpha_t, sigma_t, alpha_s, sigma_s))
-    var_ts = np.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)  # sigma_{t|s}^2
-    sig = eta * (s_s / s_t) * np.sqrt(var_ts)
-    c2 = np.sqrt(np.maximum(s_s**2 - sig**2, 0.0)) - a_s * s_t / a_t
-    zero, one = np.zeros_like(a_t), np.ones_like(a_t)
-    p, q = {
-        "eps": (zero, one),
-        "x0": (1 / s_t, -a_t / s_t),
-        "v": (s_t / (a_t**2 + s_t**2), a_t / (a_t**2 + s_t**2)),
-        "score": (zero, -s_t),
-    }[prediction]
-    return np.stack([a_s / a_t + c2 * p, c2 * q, sig], axis=1)
-
-
-def ddim_plan(config: dict, steps: int) -> DDIMPlan:
-    """The DDIM plan with ``steps`` steps for ``config`` (the JSON under the metadata key ``sdeflow.config``)."""
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"`steps` must be an integer >= 1; got {steps!r}.")
-    t, alpha, sigma, ts = time_grid(config, int(steps))
-    label = config["time_label"]
-    if ts is not None and label.get("type") == "DDPMTimesteps":  # the network sees the timestep itself
-        labels = ts[:-1] if label.get("integer") else ts[:-1].astype(np.float64)
-    else:
-        labels = time_labels(label, t[:-1])
-    coefs = ddim_coefficients(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], float(config["eta"]), config["prediction"])
-    return DDIMPlan(t=t, alpha=alpha, sigma=sigma, labels=labels, coefficients=coefs)
-
-
-# --- the runner ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GraphInfo:
-    """What the metadata of an sdeflow DDIM graph says (``OnnxSampler.info``)."""
+    """What the metadata of an sdeflow graph says (``OnnxSampler.info``); every key is validated on load."""
 
+    sampler: str
+    options: dict
+    grid: dict
     steps: int
-    eta: float
+    nfe: int
+    noise_draws: int
     sample_shape: tuple[int, ...]
-    dynamic_steps: bool
     prior_std: float
-    config: dict
+    dynamic_steps: tuple[int, ...]
+    tables: dict[int, StepTable]
     sdeflow_version: str
     properties: dict
 
+    def noise_draws_for(self, steps: int) -> int:
+        """K, the normals the sampler draws with ``steps`` steps (the first dimension of ``noise``)."""
+        return self.tables[steps].noise_draws if self.tables else self.noise_draws
 
-def _read_info(meta: dict[str, str], path: Path) -> GraphInfo:
+
+def _bad(key: str, expected: str, got: Any, path: Path) -> ValueError:
+    return ValueError(
+        f"{path}: metadata key {key!r} must be {expected}; got {got!r}. The file was edited or is corrupt: "
+        "re-export it with sdeflow.export.export_sampler or `sdeflow export`."
+    )
+
+
+def _get(meta: dict[str, str], key: str, path: Path) -> str:
+    if key not in meta:
+        raise ValueError(
+            f"{path}: metadata key {key!r} is missing. The file was edited or written by an older sdeflow: "
+            "re-export it with sdeflow.export.export_sampler or `sdeflow export`."
+        )
+    return meta[key]
+
+
+def _json(meta: dict[str, str], key: str, path: Path, kind: type) -> Any:
+    raw = _get(meta, key, path)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise _bad(key, f"JSON ({kind.__name__})", raw[:80], path) from None
+    if not isinstance(value, kind):
+        raise _bad(key, f"a JSON {kind.__name__}", raw[:80], path)
+    return value
+
+
+def _int(meta: dict[str, str], key: str, path: Path, lo: int) -> int:
+    raw = _get(meta, key, path)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad(key, f"an integer >= {lo}", raw, path) from None
+    if value < lo:
+        raise _bad(key, f"an integer >= {lo}", raw, path)
+    return value
+
+
+def _table(key: str, s: str, doc: Any, window: int, path: Path) -> StepTable:
+    where = f"{key}[steps][{s}]"
+    if not isinstance(doc, dict):
+        raise _bad(where, "an object", doc, path)
+    try:
+        labels = np.asarray(doc["labels"])
+        coefs = np.asarray(doc["coefficients"], dtype=np.float64)
+        index = np.asarray(doc["noise_index"], dtype=np.int64)
+        k = int(doc["noise_draws"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad(where, "an object with labels, coefficients, noise_index, noise_draws", str(err), path) from None
+    n = labels.shape[0] if labels.ndim == 1 else -1
+    if n < 1 or coefs.shape != (n, 2, 2 * window + 2) or index.shape != (n,):
+        raise _bad(
+            where,
+            f"N labels, coefficients [N, 2, {2 * window + 2}] and noise_index [N]",
+            (labels.shape, coefs.shape, index.shape),
+            path,
+        )
+    if not np.isfinite(coefs).all() or np.abs(coefs).max() > 1e12:
+        raise _bad(where + "[coefficients]", "finite numbers", "NaN, inf or huge values", path)
+    if not np.isfinite(labels.astype(np.float64)).all():
+        raise _bad(where + "[labels]", "finite numbers", "NaN or inf", path)
+    if k < 0 or index.min() < -1 or index.max() >= k:
+        raise _bad(where + "[noise_index]", f"indices in [-1, {k})", index.tolist(), path)
+    return StepTable(labels, coefs.astype(np.float32), index, k)
+
+
+def _read_info(meta: dict[str, str], path: Path, inputs: dict[str, list]) -> GraphInfo:
+    """Validate the metadata against itself and the graph's inputs (``inputs``: name -> dims)."""
     if meta.get("sdeflow.format") != FORMAT:
         raise ValueError(
-            f"{path} is an ONNX model but not an sdeflow DDIM graph (metadata 'sdeflow.format' is "
-            f"{meta.get('sdeflow.format')!r}, expected {FORMAT!r}). Export one with sdeflow.export.export_ddim."
+            f"{path} is an ONNX model but not an sdeflow sampler graph (metadata 'sdeflow.format' is "
+            f"{meta.get('sdeflow.format')!r}, expected {FORMAT!r}). Export one with sdeflow.export.export_sampler "
+            "or `sdeflow export` (graphs of older sdeflow versions must be re-exported)."
         )
-    config = json.loads(meta["sdeflow.config"])
+    shape = _json(meta, "sdeflow.sample_shape", path, list)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise _bad("sdeflow.sample_shape", "a list of positive integers", shape, path)
+    if inputs.get("x_T", [None])[1:] != shape:
+        raise _bad("sdeflow.sample_shape", f"the shape of one x_T sample {inputs.get('x_T', [None])[1:]}", shape, path)
+    raw_std = _get(meta, "sdeflow.prior_std", path)
+    try:
+        prior_std = float(raw_std)
+    except ValueError:
+        raise _bad("sdeflow.prior_std", "a number", raw_std, path) from None
+    if not (math.isfinite(prior_std) and 0 < prior_std <= MAX_PRIOR_STD):
+        raise _bad("sdeflow.prior_std", f"a finite number in (0, {MAX_PRIOR_STD:g}]", raw_std, path)
+    graph = _get(meta, "sdeflow.graph", path)
+    if graph not in ("unrolled", "scan"):
+        raise _bad("sdeflow.graph", "'unrolled' or 'scan'", graph, path)
+    steps = _int(meta, "sdeflow.steps", path, 1)
+    nfe = _int(meta, "sdeflow.nfe", path, 1)
+    k = _int(meta, "sdeflow.noise_draws", path, 0)
+    tables: dict[int, StepTable] = {}
+    if graph == "unrolled":
+        has_noise = "noise" in inputs
+        if has_noise != (k > 0) or (has_noise and inputs["noise"][0] != k):
+            want = f"the first dimension of the graph input noise ({inputs['noise'][0]})" if has_noise else "0"
+            raise _bad("sdeflow.noise_draws", want, k, path)
+    else:
+        doc = _json(meta, "sdeflow.dynamic_tables", path, dict)
+        window = doc.get("window")
+        if not isinstance(window, int) or window < 1:
+            raise _bad("sdeflow.dynamic_tables[window]", "an integer >= 1", window, path)
+        if inputs.get("coefficients", [None, None, None])[2] != 2 * window + 2:
+            raise _bad("sdeflow.dynamic_tables[window]", "the window of the graph's coefficients input", window, path)
+        steps_doc = doc.get("steps")
+        if not isinstance(steps_doc, dict) or not steps_doc:
+            raise _bad("sdeflow.dynamic_tables[steps]", "a non-empty object step count -> table", steps_doc, path)
+        for s, tab in steps_doc.items():
+            if not s.isdigit() or int(s) < 1:
+                raise _bad("sdeflow.dynamic_tables[steps]", "step counts >= 1 as keys", s, path)
+            tables[int(s)] = _table("sdeflow.dynamic_tables", s, tab, window, path)
+        if steps not in tables:
+            raise _bad("sdeflow.steps", f"one of the dynamic step counts {sorted(tables)}", steps, path)
+        if tables[steps].noise_draws != k or tables[steps].labels.shape[0] != nfe:
+            raise _bad("sdeflow.noise_draws / sdeflow.nfe", "those of the table of sdeflow.steps", (k, nfe), path)
+        if ("noise_rows" in inputs) != any(t.noise_draws > 0 for t in tables.values()):
+            raise _bad(
+                "sdeflow.dynamic_tables", "noise draws exactly when the graph has the input noise_rows", "", path
+            )
+    if "sdeflow.data" in meta:  # optional (checkpoints record their data); read by picture writers
+        _json(meta, "sdeflow.data", path, dict)
     return GraphInfo(
-        steps=int(meta["sdeflow.steps"]),
-        eta=float(meta["sdeflow.eta"]),
-        sample_shape=tuple(json.loads(meta["sdeflow.sample_shape"])),
-        dynamic_steps=meta.get("sdeflow.graph") == "scan",
-        prior_std=float(meta["sdeflow.prior_std"]),
-        config=config,
+        sampler=_get(meta, "sdeflow.sampler", path),
+        options=_json(meta, "sdeflow.sampler_options", path, dict),
+        grid=_json(meta, "sdeflow.grid", path, dict),
+        steps=steps,
+        nfe=nfe,
+        noise_draws=k,
+        sample_shape=tuple(shape),
+        prior_std=prior_std,
+        dynamic_steps=tuple(sorted(tables)),
+        tables=tables,
         sdeflow_version=meta.get("sdeflow.version", "?"),
         properties=dict(meta),
     )
 
 
+# --- sessions -----------------------------------------------------------------------------------------------------
 def _cuda_loadable() -> bool:
     """Whether the CUDA execution provider library and its CUDA/cuDNN dependencies load (checked quietly:
     onnxruntime itself logs a loud error when they are missing)."""
@@ -288,10 +286,10 @@ def _wanted_providers(providers: str | list[str]) -> list[str]:
 
 
 class OnnxSampler:
-    """Turn noise into samples with an sdeflow DDIM graph under onnxruntime.
+    """Turn noise into samples with an sdeflow sampler graph under onnxruntime.
 
     Args:
-        path: the ``.onnx`` file written by ``sdeflow.export.export_ddim``.
+        path: the ``.onnx`` file written by ``sdeflow.export.export_sampler``.
         providers: 'auto' (CUDA when its provider actually loads, else the CPU, quietly), 'cpu', 'cuda', or a
             list of onnxruntime execution-provider names.
         threads: intra-op threads (None: onnxruntime's default, one per core).
@@ -299,6 +297,9 @@ class OnnxSampler:
             (``add_free_dimension_override_by_name``). onnxruntime then plans static shapes: session start-up
             of an unrolled UNet graph drops from minutes (symbolic batch) to seconds, and runs are faster.
             Sessions are created on first use of a batch size and the last ``max_sessions`` are kept.
+        cuda_graph: capture the unrolled graph as a CUDA graph (onnxruntime's ``enable_cuda_graph``) and replay
+            it: inputs and output live in device buffers bound once per batch size (static shapes). Needs the
+            CUDA provider and an unrolled graph (a Scan graph cannot be captured).
 
     ``device`` is 'cuda' or 'cpu'; on CUDA ``run`` binds inputs and output on the device (I/O binding).
     """
@@ -310,23 +311,42 @@ class OnnxSampler:
         threads: int | None = None,
         specialize_batch: bool = True,
         max_sessions: int = 4,
+        cuda_graph: bool = False,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"No ONNX model at {self.path}; export one with `sdeflow export`.")
         self._model = self.path.read_bytes()
         self._threads = threads
-        self._specialize = bool(specialize_batch)
+        self._specialize = bool(specialize_batch) or bool(cuda_graph)
         self._max_sessions = max(1, int(max_sessions))
         self._sessions: dict[int | None, ort.InferenceSession] = {}
+        self._bound: dict[int, tuple[Any, dict[str, Any], Any]] = {}
         self._auto = providers == "auto"
         self._providers = _wanted_providers(providers)
+        self._cuda_graph = False
         first = self._session(1 if self._specialize else None)
         self._providers = first.get_providers()  # what actually loaded; later sessions ask for just that
         self._auto = False
-        self.info = _read_info(first.get_modelmeta().custom_metadata_map, self.path)
+        dims = {i.name: list(i.shape) for i in first.get_inputs()}
+        types = {i.name: i.type for i in first.get_inputs()}
+        self._label_dtype = np.int64 if types.get("labels") == "tensor(int64)" else np.float32  # Scan graphs
+        self.info = _read_info(first.get_modelmeta().custom_metadata_map, self.path, dims)
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
-        self.input_names = [i.name for i in first.get_inputs()]
+        self.input_names = list(dims)
+        if cuda_graph:
+            if self.device != "cuda":
+                raise ValueError(
+                    "`cuda_graph=True` needs the CUDA execution provider, but this session runs on the CPU "
+                    f"(providers {self._providers}); use cuda_graph=False or a machine with a CUDA onnxruntime."
+                )
+            if self.info.dynamic_steps:
+                raise ValueError(
+                    "`cuda_graph=True` needs static shapes: a dynamic-steps (Scan) graph cannot be captured. "
+                    "Export the unrolled form (dynamic_steps=None) or use cuda_graph=False."
+                )
+            self._cuda_graph = True
+            self._sessions.clear()
 
     @property
     def providers(self) -> list[str]:
@@ -352,16 +372,22 @@ class OnnxSampler:
         except Exception as err:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
             raise ValueError(
                 f"{self.path} is not a loadable ONNX model ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:300]}). Re-export it with sdeflow.export.export_ddim or `sdeflow export`."
+                f"{str(err).splitlines()[0][:300]}). Re-export it with `sdeflow export`."
             ) from None
         if len(self._sessions) >= self._max_sessions:
-            self._sessions.pop(next(iter(self._sessions)))
+            old = next(iter(self._sessions))
+            self._sessions.pop(old)
+            self._bound.pop(old, None)  # type: ignore[arg-type]
         self._sessions[key] = session
         return session
 
     def _create(self, opts: ort.SessionOptions) -> ort.InferenceSession:
+        options = [
+            {"enable_cuda_graph": "1"} if p == "CUDAExecutionProvider" and self._cuda_graph else {}
+            for p in self._providers
+        ]
         if self._providers[0] != "CUDAExecutionProvider" or not self._auto:
-            return ort.InferenceSession(self._model, opts, providers=self._providers)
+            return ort.InferenceSession(self._model, opts, providers=self._providers, provider_options=options)
         # A CUDA EP that passed the library probe can still fail to start (no device): onnxruntime logs an error
         # and falls back to the CPU. With providers='auto' keep that quiet; session.get_providers() tells.
         ort.set_default_logger_severity(4)
@@ -380,69 +406,132 @@ class OnnxSampler:
             raise TypeError(f"`{name}` must have dtype float32; got {value.dtype}. Convert with .astype(np.float32).")
         if value.shape != shape:
             raise ValueError(
-                f"`{name}` must have shape [{', '.join(str(d) for d in shape)}] ([S, B, *sample_shape] for noise, "
+                f"`{name}` must have shape [{', '.join(str(d) for d in shape)}] ([K, B, *sample_shape] for noise, "
                 f"[B, *sample_shape] for x_T; sample_shape = {list(self.info.sample_shape)}); got {list(value.shape)}."
+            )
+        if not np.isfinite(value).all():
+            bad = np.flatnonzero(~np.isfinite(value.reshape(-1))).size
+            raise ValueError(
+                f"`{name}` contains {bad} NaN or inf values; pass finite standard normal draws (x_T times the prior "
+                "std), e.g. from OnnxSampler.draw(batch_size, seed)."
             )
         return np.ascontiguousarray(value)
 
-    def run(self, x_T: np.ndarray, noise: np.ndarray | None = None, steps: int | None = None) -> np.ndarray:  # noqa: N803
-        """x_0 [B, *sample_shape] from x_T [B, *sample_shape] (and noise [S, B, *sample_shape] when eta > 0).
+    def _steps(self, steps: int | None) -> int:
+        info = self.info
+        if steps is None:
+            return info.steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise TypeError(f"`steps` must be an integer; got {steps!r}.")
+        if info.dynamic_steps:
+            if int(steps) not in info.tables:
+                raise ValueError(
+                    f"This dynamic-steps graph offers steps in {list(info.dynamic_steps)}; got steps={steps}. "
+                    "Re-export with dynamic_steps=(...) including it."
+                )
+        elif steps != info.steps:
+            raise ValueError(
+                f"This graph unrolls {info.steps} steps; got steps={steps}. Export with dynamic_steps=(...) to "
+                "choose the step count at run time, or re-export with the steps you need."
+            )
+        return int(steps)
 
-        ``steps`` may differ from the exported S only for a dynamic-steps graph (``export_ddim(dynamic_steps=True)``).
+    def run(
+        self,
+        x_T: np.ndarray,  # noqa: N803
+        noise: np.ndarray | None = None,
+        steps: int | None = None,
+        allow_nonfinite: bool = False,
+    ) -> np.ndarray:
+        """x_0 [B, *sample_shape] from x_T [B, *sample_shape] (and noise [K, B, *sample_shape] when the sampler
+        draws K > 0 normals: ``info.noise_draws_for(steps)``).
+
+        ``steps`` may differ from the exported S only for a dynamic-steps graph, among ``info.dynamic_steps``.
+        Non-finite outputs raise ``NonFiniteOutputError`` naming the samples, unless ``allow_nonfinite``.
         """
         info = self.info
         if not isinstance(x_T, np.ndarray) or x_T.ndim < 1:
             raise TypeError(f"`x_T` must be a numpy array of shape [B, *{list(info.sample_shape)}].")
         b = x_T.shape[0]
+        s = self._steps(steps)
+        k = info.noise_draws_for(s)
         feeds = {"x_T": self._check("x_T", x_T, (b, *info.sample_shape))}
-        s = info.steps if steps is None else steps
-        if steps is not None and steps != info.steps and not info.dynamic_steps:
-            raise ValueError(
-                f"This graph unrolls {info.steps} steps; got steps={steps}. Export with dynamic_steps=True to choose "
-                "the step count at run time, or re-export with the steps you need."
-            )
-        if info.eta > 0:
+        if k > 0:
             if noise is None:
                 raise ValueError(
-                    f"This graph has eta={info.eta} > 0 and needs `noise` float32 [S, B, *sample_shape] = "
-                    f"[{s}, {b}, {', '.join(map(str, info.sample_shape))}]; or call sample(batch_size, seed)."
+                    f"This {info.sampler} graph draws K = {k} normals and needs `noise` float32 [K, B, *sample_shape] "
+                    f"= [{k}, {b}, {', '.join(map(str, info.sample_shape))}]; or call sample(batch_size, seed)."
                 )
-            feeds["noise"] = self._check("noise", noise, (s, b, *info.sample_shape))
+            noise = self._check("noise", noise, (k, b, *info.sample_shape))
         elif noise is not None:
-            raise ValueError("This graph has eta = 0 and takes no `noise`; pass noise=None.")
+            raise ValueError(f"This {info.sampler} graph is deterministic (K = 0) and takes no `noise`; pass None.")
         if info.dynamic_steps:
-            plan = ddim_plan(info.config, s)
-            feeds["timesteps"] = plan.labels.astype(np.int64 if info.config["label_dtype"] == "int64" else np.float32)
-            feeds["coefficients"] = plan.coefficients.astype(np.float32)
+            table = info.tables[s]
+            feeds["labels"] = table.labels.astype(self._label_dtype)
+            feeds["coefficients"] = table.coefficients
+            if "noise_rows" in self.input_names:
+                rows = np.zeros((table.labels.shape[0], b, *info.sample_shape), np.float32)
+                drawn = table.noise_index >= 0
+                if drawn.any():
+                    rows[drawn] = noise[table.noise_index[drawn]]
+                feeds["noise_rows"] = rows
+        elif noise is not None:
+            feeds["noise"] = noise
+        out = self._execute(b, feeds)
+        if not allow_nonfinite:
+            bad = np.flatnonzero(~np.isfinite(out.reshape(b, -1)).all(axis=1)).tolist()
+            if bad:
+                raise NonFiniteOutputError(
+                    f"The graph returned NaN or inf for {len(bad)} of {b} samples (indices {bad[:10]}): the network "
+                    "or the sampler diverged. Check the inputs, try more steps or another sampler; "
+                    "run(..., allow_nonfinite=True) returns the output as is.",
+                    bad,
+                )
+        return out
+
+    def _execute(self, b: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self._session(b)
-        if self.device == "cuda":
+        if self.device != "cuda":
+            return session.run(["x_0"], feeds)[0]
+        if not self._cuda_graph:
             binding = session.io_binding()
             for name, value in feeds.items():
                 binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
             binding.bind_output("x_0", "cuda", 0)
             session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
-        return session.run(["x_0"], feeds)[0]
+        # CUDA graphs: the captured graph reads and writes fixed device addresses, so the buffers are bound once
+        # per batch size and refilled in place; the first run captures, later runs replay.
+        if b not in self._bound:
+            binding = session.io_binding()
+            values = {n: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for n, v in feeds.items()}
+            out = ort.OrtValue.ortvalue_from_shape_and_type([b, *self.info.sample_shape], np.float32, "cuda", 0)
+            for name, value in values.items():
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output("x_0", out)
+            self._bound[b] = (binding, values, out)
+        binding, values, out = self._bound[b]
+        for name, value in feeds.items():
+            values[name].update_inplace(value)
+        session.run_with_iobinding(binding)
+        return out.numpy()
 
     def sample(self, batch_size: int, seed: int = 0, steps: int | None = None) -> np.ndarray:
-        """Draw ``batch_size`` samples. Sample i takes its x_T and noise from numpy's generator seeded with
-        (seed, i), so it is the same whatever the batch size."""
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        """Draw ``batch_size`` samples with the per-sample seeds seed + i (module docstring): sample i is the same
+        whatever the batch size, and the same as ``sdeflow.sample(..., seed=seed)`` gives in PyTorch."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
-        x_T, noise = self.draw(int(batch_size), seed, self.info.steps if steps is None else steps)  # noqa: N806
-        return self.run(x_T, noise, steps)
+        s = self._steps(steps)
+        x_T, noise = self.draw(int(batch_size), seed, s)  # noqa: N806
+        return self.run(x_T, noise, s)
 
-    def draw(self, batch_size: int, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The x_T [B, ...] (times the prior std) and noise [S, B, ...] (None when eta = 0) that ``sample`` uses."""
-        shape = self.info.sample_shape
-        x_T = np.empty((batch_size, *shape), np.float32)  # noqa: N806
-        noise = np.empty((steps, batch_size, *shape), np.float32) if self.info.eta > 0 else None
-        for i in range(batch_size):
-            rng = np.random.default_rng([int(seed), i])
-            x_T[i] = self.info.prior_std * rng.standard_normal(shape)
-            if noise is not None:
-                noise[:, i] = rng.standard_normal((steps, *shape))
-        return x_T, noise
+    def draw(self, batch_size: int, seed: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The x_T [B, ...] (times the prior std) and noise [K, B, ...] (None when K = 0) that ``sample`` uses."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an integer; got {seed!r}.")
+        k = self.info.noise_draws_for(self._steps(steps))
+        seeds = [(int(seed) + i) % _SEED_MOD for i in range(int(batch_size))]
+        return draw_inputs(seeds, self.info.sample_shape, self.info.prior_std, k)
 
 
 # --- pictures of samples with numpy + zlib only: image grids, a 2-D point raster, PNG files ------------------------
@@ -614,7 +703,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 # --- script entry: python runtime.py model.onnx --batch 16 --seed 0 --out samples.npy ---------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Sample from an sdeflow DDIM ONNX graph (numpy + onnxruntime only).")
+    p = argparse.ArgumentParser(description="Sample from an sdeflow ONNX sampler graph (numpy + onnxruntime only).")
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)

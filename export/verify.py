@@ -1,15 +1,18 @@
-"""Parity of an exported DDIM graph: onnxruntime against ``sdeflow.sample(method='ddim')`` (eager PyTorch) on
-the same x_T and step noise."""
+"""Parity of an exported graph: onnxruntime against ``sdeflow.sample`` (eager PyTorch) on the same x_T and noise."""
 
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..parametrization import ScoreModel
+from ..sampling import Grid, GridSampler, sample
 from .runtime import OnnxSampler
 
-__all__ = ["parity", "relative_error", "torch_ddim"]
+__all__ = ["SamplerSpec", "parity", "relative_error", "float32_floor"]
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -19,44 +22,71 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a64 - b64)) / (den if den > 0 else 1.0)
 
 
-def torch_ddim(
-    score_model: ScoreModel,
-    config: dict,
-    steps: int,
-    x_T: torch.Tensor,  # noqa: N803
-    noise: torch.Tensor | None,
-) -> torch.Tensor:
-    """x_0 from ``sdeflow.sample(method='ddim')`` with the exported graph's settings (``config``)."""
-    from ..sampling import DDIM, DDPMSpacing, Karras, sample
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What an exported graph runs: ``sdeflow.sample(model, sde, x_T, sampler=, steps=, grid=, eps=,
+    set_alpha_to_one=, noise=)``; ``reference`` runs exactly that in PyTorch."""
 
-    grid = config["grid"]
-    if grid == "karras":
-        grid = Karras(rho=config["rho"])
-    elif grid in ("leading", "trailing", "linspace"):
-        grid = DDPMSpacing(grid, offset=config["steps_offset"])
-    result = sample(
-        score_model,
-        score_model.sde,
-        x_T,
-        sampler=DDIM(eta=config["eta"]),
-        steps=steps,
-        grid=grid,
-        eps=config["eps"],
-        set_alpha_to_one=config["set_alpha_to_one"],
-        noise=None if noise is None else (lambda k: noise[k]),
-    )
-    return result.samples
+    sampler: GridSampler
+    grid: Grid
+    eps: float
+    set_alpha_to_one: bool | None
+
+    def reference(
+        self,
+        model: ScoreModel,
+        steps: int,
+        x_T: torch.Tensor,
+        noise: torch.Tensor | None,  # noqa: N803
+    ) -> torch.Tensor:
+        result = sample(
+            model,
+            model.sde,
+            x_T,
+            sampler=self.sampler,
+            steps=steps,
+            grid=self.grid,
+            eps=self.eps,
+            set_alpha_to_one=self.set_alpha_to_one,
+            noise=noise,
+        )
+        return result.samples
+
+    def describe(self) -> str:
+        return f"sdeflow.sample(sampler={self.sampler!r}, grid={self.grid.config()})"
 
 
 def parity(
-    score_model: ScoreModel, sampler: OnnxSampler, config: dict, steps: int, batch_sizes: tuple[int, ...], seed: int = 0
-) -> tuple[dict[int, float], str]:
-    """Relative error of onnxruntime against sdeflow.sample for each batch size, and the reference's name."""
+    model: ScoreModel,
+    runner: OnnxSampler,
+    spec: SamplerSpec,
+    steps: int,
+    batch_sizes: tuple[int, ...],
+    seed: int = 0,
+) -> dict[int, float]:
+    """Relative error of onnxruntime against ``spec.reference`` for each batch size, on the x_T and noise that
+    ``runner.draw(B, seed, steps)`` gives (the documented per-sample generator)."""
     errors: dict[int, float] = {}
     for b in batch_sizes:
-        x_T, noise = sampler.draw(int(b), seed, steps)  # noqa: N806
-        ref = torch_ddim(
-            score_model, config, steps, torch.from_numpy(x_T), None if noise is None else torch.from_numpy(noise)
-        )
-        errors[int(b)] = relative_error(sampler.run(x_T, noise, steps=steps), ref.numpy())
-    return errors, "sdeflow.sample(method='ddim')"
+        x_T, noise = runner.draw(int(b), seed, steps)  # noqa: N806
+        ref = spec.reference(model, steps, torch.from_numpy(x_T), None if noise is None else torch.from_numpy(noise))
+        errors[int(b)] = relative_error(runner.run(x_T, noise, steps=steps, allow_nonfinite=True), ref.numpy())
+    return errors
+
+
+def float32_floor(
+    model: ScoreModel, runner: OnnxSampler, spec: SamplerSpec, steps: int, batch: int, seed: int
+) -> float:
+    """||x0_float32 - x0_float64|| / ||x0_float64|| of ``sdeflow.sample`` itself on the verification inputs: how
+    much this sampler and grid amplify float32 rounding. Two float32 implementations (PyTorch's fused a + c b and
+    onnxruntime's Mul then Add, say) cannot be expected to agree more closely. NaN when the network cannot run in
+    float64 (a callable closing over float32 modules, say)."""
+    x_T, noise = runner.draw(batch, seed, steps)  # noqa: N806
+    z = None if noise is None else torch.from_numpy(noise)
+    try:
+        model64 = copy.deepcopy(model).double()
+        x64 = spec.reference(model64, steps, torch.from_numpy(x_T).double(), None if z is None else z.double())
+    except (RuntimeError, TypeError, ValueError):
+        return float("nan")
+    x32 = spec.reference(model, steps, torch.from_numpy(x_T), z)
+    return relative_error(x32.numpy(), x64.numpy())

@@ -1,5 +1,5 @@
-"""The torch-free runner (export/runtime.py): its numpy schedule against sdeflow's, DDIM coefficient identities,
-import without torch, the CLI commands, and the CUDA path (skipped without a GPU)."""
+"""The torch-free runner (export/runtime.py): import without torch, the script entry, the CLI commands, and the
+CUDA paths (skipped without a GPU)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import torch
 from sdeflow.export import OnnxSampler, export_ddim
 from sdeflow.export import runtime as rt
 
-from sdeflow import VESDE, VPSDE, DDPMTimesteps, ScoreModel, SubVPSDE
+from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
 from sdeflow.cli import main as cli_main
 from sdeflow.models import MLP
-from sdeflow.sampling import time_grid
 
 RUNTIME = Path(rt.__file__)
 
@@ -31,85 +30,6 @@ def _mlp_checkpoint(path: Path, time_label) -> Path:
     cfg = {"type": "mlp", "dim": 2, "width": 32, "depth": 1}
     data_info = {"name": "gmm", "levels": None, "scale": 1.0, "offset": 0.0, "sample_shape": [2]}
     return save(path, build_model(cfg), VPSDE(), "eps", time_label, cfg, data_info)
-
-
-def _config(sde, grid: str, one: bool) -> dict:
-    return {
-        "grid": grid,
-        "sde": sde.config(),
-        "T": sde.T,
-        "eps": 1e-3,
-        "rho": 7.0,
-        "set_alpha_to_one": one,
-        "N": 1000,
-        "steps_offset": 0,
-        "eta": 0.0,
-        "prediction": "eps",
-        "time_label": {"type": "ContinuousTime"},
-    }
-
-
-_GRIDS = [(sde, grid) for sde in ("vp", "subvp", "ve") for grid in ("uniform", "quadratic", "logsnr", "karras")]
-_GRIDS += [("vp", spacing) for spacing in ("leading", "trailing", "linspace")]  # discrete DDPM: VP only
-_SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
-
-
-@pytest.mark.parametrize("name, grid", _GRIDS)
-@pytest.mark.parametrize("one", [False, True])
-def test_numpy_grid_equals_sdeflow_time_grid(name, grid, one):
-    sde = _SDES[name]
-    for steps in (1, 7, 50):
-        t, alpha, sigma, ts = rt.time_grid(_config(sde, grid, one), steps)
-        ref = time_grid(sde, steps, grid, eps=1e-3, set_alpha_to_one=one)
-        np.testing.assert_allclose(t, ref.t.numpy(), rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(alpha, ref.alpha.numpy(), rtol=1e-12)
-        np.testing.assert_allclose(sigma, ref.sigma.numpy(), rtol=1e-12, atol=1e-300)
-        if ref.timesteps is None:
-            assert ts is None
-        else:
-            np.testing.assert_array_equal(ts, ref.timesteps.numpy())
-
-
-def test_eta0_coefficients_are_the_exponential_integrator():
-    """DDIM, eta = 0, eps-prediction: x_s = (alpha_s/alpha_t) x_t - sigma_s (e^h - 1) eps_hat, h = lambda_s - lambda_t
-    (MATH.md section 4, DPM-Solver-1)."""
-    t, alpha, sigma, _ = rt.time_grid(_config(VPSDE(), "uniform", False), 20)
-    coef = rt.ddim_coefficients(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], 0.0, "eps")
-    lam = np.log(alpha) - np.log(sigma)
-    np.testing.assert_allclose(coef[:, 0], alpha[1:] / alpha[:-1], rtol=1e-13)
-    np.testing.assert_allclose(coef[:, 1], -sigma[1:] * np.expm1(lam[1:] - lam[:-1]), rtol=1e-9)
-    assert (coef[:, 2] == 0).all()
-
-
-def test_eta1_noise_is_the_ddpm_posterior_std():
-    """Consecutive DDPM timesteps with eta = 1: sig^2 = beta_t (1 - abar_{t-1}) / (1 - abar_t) (MATH.md sec. 4)."""
-    cfg = dict(_config(VPSDE(), "linspace", False), eta=1.0)
-    t, alpha, sigma, ts = rt.time_grid(cfg, 1000)
-    coef = rt.ddim_coefficients(alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], 1.0, "eps")
-    sched = VPSDE().discrete(1000)
-    beta, abar = sched.betas.numpy()[ts[:-2]], sched.alphas_cumprod.numpy()
-    var = beta * (1 - abar[ts[1:-1]]) / (1 - abar[ts[:-2]])
-    np.testing.assert_allclose(coef[:-1, 2] ** 2, var, rtol=1e-8)
-
-
-@pytest.mark.parametrize("pred", ["x0", "v", "score"])
-def test_fused_coefficients_match_unfused_formula(pred):
-    """A x + B out equals the DDIM step written with x0_hat and eps_hat converted from the prediction."""
-    rng = np.random.default_rng(0)
-    _, alpha, sigma, _ = rt.time_grid(_config(VPSDE(), "quadratic", True), 9)
-    a_t, s_t, a_s, s_s = alpha[:-1], sigma[:-1], alpha[1:], sigma[1:]
-    x, out = rng.standard_normal(9), rng.standard_normal(9)
-    eps = {"x0": (x - a_t * out) / s_t, "v": (a_t * out + s_t * x) / (a_t**2 + s_t**2), "score": -s_t * out}[pred]
-    expected = a_s * (x - s_t * eps) / a_t + s_s * eps
-    coef = rt.ddim_coefficients(a_t, s_t, a_s, s_s, 0.0, pred)
-    np.testing.assert_allclose(coef[:, 0] * x + coef[:, 1] * out, expected, rtol=1e-9, atol=1e-9)
-
-
-def test_time_labels_match_parametrization():
-    t = np.array([1.0, 0.5, 0.0123, 1e-3])
-    for label in (DDPMTimesteps(1000), DDPMTimesteps(1000, integer=True)):
-        got = rt.time_labels(label.config(), t)
-        np.testing.assert_array_equal(got, label(torch.from_numpy(t)).numpy())
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +99,32 @@ def test_cli_export_from_checkpoint(tmp_path, capsys):
     assert cli_main(["export", "--checkpoint", str(ckpt), "--steps", "4", "--out", str(out)]) == 0
     assert "onnxruntime vs sdeflow.sample" in capsys.readouterr().out
     info = OnnxSampler(out, providers="cpu").info
-    assert info.steps == 4 and info.config["grid"] == "leading" and info.sample_shape == (2,)
-    assert json.loads(info.properties["sdeflow.data"])["name"] == "gmm"
+    assert info.steps == 4 and info.grid == {"type": "leading", "offset": 0} and info.sample_shape == (2,)
+    assert info.sampler == "ddim" and json.loads(info.properties["sdeflow.data"])["name"] == "gmm"
+
+
+def test_cli_export_any_sampler_with_a_tuned_grid_and_dynamic_steps(tmp_path, capsys):
+    from sdeflow import ContinuousTime
+    from sdeflow.sampling import Times, save_grid
+
+    ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
+    tuned = save_grid(tmp_path / "tuned.json", Times((1.0, 0.5, 0.2, 0.05, 1e-3)), {"note": "test"})
+    out = tmp_path / "u.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--sampler", "unipc", "--order", "3", "--grid", str(tuned)]
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    info = OnnxSampler(out, providers="cpu").info
+    assert info.sampler == "unipc" and info.options["order"] == 3 and info.steps == 4
+    assert info.grid["source"] == str(tuned) and info.grid["times"][0] == 1.0
+    dyn = tmp_path / "d.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--sampler", "sde-dpmsolver++", "--steps", "4"]
+    assert cli_main([*argv, "--dynamic-steps", "2,3", "--out", str(dyn)]) == 0
+    runner = OnnxSampler(dyn, providers="cpu")
+    assert runner.info.dynamic_steps == (2, 3, 4) and runner.info.noise_draws == 4
+    assert cli_main(["run-onnx", str(dyn), "--steps", "3", "--batch", "3", "--out", str(tmp_path / "d.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), runner.sample(3, seed=0, steps=3))
+    assert cli_main(["export", "--checkpoint", str(ckpt), "--sampler", "pc", "--out", str(tmp_path / "p.onnx")]) != 0
+    assert "Langevin corrector" in capsys.readouterr().err
+    assert not (tmp_path / "p.onnx").exists()
 
 
 @pytest.mark.skipif(not rt._cuda_loadable(), reason="no GPU here: the CUDA execution provider does not load")
@@ -189,6 +133,19 @@ def test_cuda_provider_with_io_binding_matches_cpu(mlp_onnx):
     assert gpu.device == "cuda" and gpu.providers[0] == "CUDAExecutionProvider"
     cpu = OnnxSampler(mlp_onnx.path, providers="cpu")
     np.testing.assert_allclose(gpu.sample(16, seed=0), cpu.sample(16, seed=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not rt._cuda_loadable(), reason="no GPU here: the CUDA execution provider does not load")
+def test_cuda_graph_replay_matches_cpu(mlp_onnx):
+    gpu = OnnxSampler(mlp_onnx.path, providers="cuda", cuda_graph=True)
+    cpu = OnnxSampler(mlp_onnx.path, providers="cpu")
+    for seed in (0, 1):  # the second run replays the captured graph on refilled buffers
+        np.testing.assert_allclose(gpu.sample(16, seed=seed), cpu.sample(16, seed=seed), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_graph_needs_cuda(mlp_onnx):
+    with pytest.raises(ValueError, match="`cuda_graph=True` needs the CUDA execution provider"):
+        OnnxSampler(mlp_onnx.path, providers="cpu", cuda_graph=True)
 
 
 def test_auto_providers_falls_back_to_cpu_quietly(mlp_onnx, capfd):
@@ -205,7 +162,7 @@ def test_quickstart_export_reports_parity_and_speed(tmp_path):
     from sdeflow import ContinuousTime
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
-    out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1)
+    out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1, quality=False)
     assert out["verified"] and Path(out["onnx"]).is_file()
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
     assert out["speedup"] == pytest.approx(out["pytorch_ms"] / out["onnxruntime_ms"], rel=0.05)
@@ -219,3 +176,22 @@ def test_package_import_is_lazy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
+    """The quickstart's figure: the best exported sampler's S reaches DDIM-50's error against dopri5, and its
+    onnxruntime graph (on the grid it was chosen with, tuned or not) reproduces that error."""
+    from sdeflow.export.quickstart import time_to_quality
+
+    from sdeflow import ContinuousTime, load
+    from sdeflow.sampling import DPMSolverPP
+
+    ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
+    candidates = {"dpm2": DPMSolverPP(order=2), "dpm3": DPMSolverPP(order=3)}  # same name: one grid file each
+    out = time_to_quality(
+        ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1, tune=("dpm2", "dpm3")
+    )
+    best = out["reached"][out["best"]]
+    assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
+    assert out["best_onnx_error"] == pytest.approx(best["error"], rel=1e-3)
+    assert set(out["batches"]) == {"1", "4"} and all(v["speedup"] > 0 for v in out["batches"].values())

@@ -1,4 +1,4 @@
-"""``sdeflow run-onnx``: samples from an exported DDIM graph under onnxruntime (no PyTorch in the loop)."""
+"""``sdeflow run-onnx``: samples from an exported sampler graph under onnxruntime (no PyTorch in the loop)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ HELP = "Draw samples from an ONNX graph written by `sdeflow export`, with onnxru
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--batch", type=int, default=16, help="number of samples (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses numpy's generator seeded with (seed, i)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="sample i uses seed + i: the same x_T and noise as `sdeflow sample --seed`"
+    )
     p.add_argument("--steps", type=int, default=None, help="step count (dynamic-steps graphs only)")
     p.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
@@ -35,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     save_samples(out, x0, scale=args.scale, **picture_extras(out, sampler.info.sample_shape, data_info=data))
     print(
         f"{args.batch} samples {list(sampler.info.sample_shape)} from {args.model} on {sampler.device} "
-        f"({sampler.info.steps} DDIM steps, eta={sampler.info.eta}) -> {out}"
+        f"({sampler.info.sampler} {sampler.info.options}, {args.steps or sampler.info.steps} steps) -> {out}"
     )
     return 0
