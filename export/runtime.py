@@ -14,6 +14,9 @@ A dynamic-steps graph ('sdeflow.graph' = 'scan') takes instead of ``noise`` the 
 [N], ``coefficients`` [N, 2, 2W + 2] and ``noise_rows`` [N, B, ...]; ``OnnxSampler.run(x_T, noise, steps=S)``
 fills them from the table of step count S in the metadata 'sdeflow.dynamic_tables' (row i of noise_rows is
 noise[noise_index[i]], zeros where noise_index is -1).
+A guided graph (metadata 'sdeflow.num_classes' = K) also takes ``class_labels`` int64 [B] (0..K-1, K = no label) and
+``guidance`` float32 [] (w: out = out_c + w (out_c - out_u), diffusers' guidance_scale = 1 + w):
+``run(..., class_labels=, guidance=)``.
 
 Seeds (``draw``; the generator ``sdeflow.sample(seed=)`` uses, ``sdeflow.sampling.noise``): sample i has the seed
 seed_i = (seed + i) mod 2**62 and

@@ -62,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
         guided=args.guided,
     )
     print(report.summary())
-    print(f"run it with: sdeflow run-onnx {report.path} --batch 16 --seed 0 --out samples.png")
+    guided = " --class 3 --guidance 2" if args.guided else ""
+    print(f"run it with: sdeflow run-onnx {report.path} --batch 16 --seed 0{guided} --out samples.png")
     return 0

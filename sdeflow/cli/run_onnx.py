@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     save_samples(out, x0, scale=args.scale, **picture_extras(out, sampler.info.sample_shape, data_info=data))
     print(
         f"{args.batch} samples {list(sampler.info.sample_shape)} from {args.model} on {sampler.device} "
-        f"({sampler.info.sampler} {sampler.info.options}, {args.steps or sampler.info.steps} steps) -> {out}"
+        f"({sampler.info.sampler} {sampler.info.options}, {args.steps or sampler.info.steps} steps"
+        + ("" if labels is None else f", classes {sorted(set(labels.tolist()))}, guidance {args.guidance or 0.0:g}")
+        + f") -> {out}"
     )
     return 0
