@@ -56,6 +56,9 @@ def test_guided_export_and_runtime_errors(ckpt, tmp_path) -> None:
                         plain, sdeflow.load_dataset("digits").info)
     with pytest.raises(ValueError, match="`guided=True` needs a class-conditional model"):
         export_sampler(path, tmp_path / "x.onnx", steps=3, guided=True)
+    assert main(["export", "--checkpoint", str(path), "--guided", "--steps", "3", "--out",
+                 str(tmp_path / "x.onnx")]) == 2  # one line, exit status 2 (the message is the one above)
+    assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(ValueError, match="unrolled form only"):
         export_sampler(ckpt, tmp_path / "x.onnx", steps=3, guided=True, dynamic_steps=True)
     export_sampler(ckpt, tmp_path / "g.onnx", steps=3, guided=True, batch_sizes=(2,))
