@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ._utils import atomic_write
+from ._validate import json_safe
 from .oracle import GaussianMixture
 from .parametrization import ScoreModel
 from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
@@ -99,7 +100,8 @@ class CompareResult:
 
     def to_json(self, path: str | Path) -> Path:
         payload = {"rows": [asdict(r) for r in self.rows], "orders": self.orders, "config": self.config}
-        return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
+        text = json.dumps(json_safe(payload), indent=2, allow_nan=False)  # NaN/inf (e.g. no fitted order) -> null
+        return atomic_write(path, lambda tmp: tmp.write_text(text))
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """A log-log PNG of error against NFE, one line per solver (noise floors dashed)."""

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import VPSDE, GaussianMixture
     from .. import distributed as D
     from .._utils import atomic_write
+    from .._validate import json_safe
     from ..images import output_format, picture_extras, save_samples
     from ..sampling import denoised_trajectory, sample_many
 
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_time_s": round(time.perf_counter() - t0, 3),
         **source,
     }
-    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
+    atomic_write(out.with_suffix(out.suffix + ".json"), lambda tmp: tmp.write_text(text))
     if args.trajectory is not None:
         from ..images import save_trajectory
 

@@ -129,7 +129,6 @@ def sample(
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | Callable[[int], Tensor] | None = None,
-    noise_device: torch.device | str = "cpu",
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     callback: Callable[[StepInfo], None] | None = None,
@@ -157,8 +156,9 @@ def sample(
 
     Every fixed-grid sampler is compiled to a float64 coefficient plan (``compile_plan``) that one loop executes
     (``sdeflow.sampling.plan``). Randomness is per sample: sample i uses seed_i = ``seed`` + i (or the i-th of a list
-    of seeds, or seeds derived from ``generator``) for its x_T and its noise, drawn on ``noise_device`` (CPU by
-    default, identical on every device), so a seeded sample does not depend on the batch size. ``noise`` replaces
+    of seeds, or seeds derived from ``generator``) for its x_T and its noise, drawn by numpy on the host
+    (``sdeflow.sampling.noise``: the generator the torch-free ONNX runtime reproduces), identical on every device, so
+    a seeded sample does not depend on the batch size. ``noise`` replaces
     the step noise: a tensor [K, B, *sample_shape] with K = the plan's ``noise_draws`` (k-th slice = k-th draw) or a
     callable k -> [B, *sample_shape].
 
@@ -235,7 +235,6 @@ def sample(
         dtype=dtype,
         device=device,
         max_draws=max_draws,
-        noise_device=noise_device,
         explicit=_check_noise(noise, max_draws, shape, plan is not None),
     )
     if x_T is None:

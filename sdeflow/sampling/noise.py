@@ -59,8 +59,7 @@ class NoiseSource:
     ``prior()`` draws x_T's standard normal noise; each call ``source()`` returns the next step's noise.
     ``max_draws`` is the number of step draws the sampler will make (it sets the chunk length). Alternatively
     ``explicit`` noise can be given: a tensor [K, B, *sample_shape] whose k-th slice is the k-th draw, or a callable
-    k -> [B, *sample_shape]. ``noise_device`` is kept for API compatibility: numbers are drawn by numpy on the
-    host whatever it says, so they are identical on every device.
+    k -> [B, *sample_shape]. Numbers are drawn by numpy on the host, so they are identical on every device.
     """
 
     def __init__(
@@ -71,7 +70,6 @@ class NoiseSource:
         dtype: torch.dtype,
         device: torch.device | str,
         max_draws: int,
-        noise_device: torch.device | str = "cpu",
         explicit: Tensor | Callable[[int], Tensor] | None = None,
     ) -> None:
         self.seeds = [int(s) for s in seeds]
