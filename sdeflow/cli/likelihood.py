@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "GaussianMixture.random(--oracle-dim, --oracle-components, seed --oracle-seed), or with --data gmm the "
         "mixture behind that data set",
     )
+    src.add_argument(
+        "--conditional", action="store_true",
+        help="class-conditional model: log p(x | c) of each example under its own label (the data's labels; the "
+        "oracle's components), with bits/dim per class in summary.json",
+    )
     src.add_argument("--oracle-dim", type=int, default=2, help="oracle dimension D (default 2)")
     src.add_argument("--oracle-components", type=int, default=4)
     src.add_argument("--oracle-seed", type=int, default=0)
@@ -121,6 +126,7 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
                 f"one the network was trained with (levels={info.get('levels')}, scale={info.get('scale')}, "
                 f"offset={info.get('offset')}); pass matching --levels/--scale/--offset."
             )
+        _check_conditional(args, ckpt.score_model, data)
         return ckpt.sde, ckpt.score_model, data, None, f"checkpoint {args.checkpoint}"
     sde = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}[args.sde]()
     gm = GaussianMixture.random(
@@ -139,15 +145,35 @@ def _source(args: argparse.Namespace):  # noqa: ANN202 - returns (sde, score, da
         from ..data import Dataset
 
         n = args.limit or 1000
-        x = gm.sample(n, generator=torch.Generator().manual_seed(args.oracle_seed + 1))
-        data = Dataset("oracle", x, None, 1.0, 0.0, (args.oracle_dim,))
+        x, comp = gm.sample_labelled(n, generator=torch.Generator().manual_seed(args.oracle_seed + 1))
+        data = Dataset("oracle", x, None, 1.0, 0.0, (args.oracle_dim,), labels=comp)
     if tuple(data.sample_shape) != (args.oracle_dim,):
         raise ValueError(
             f"The oracle has dimension {args.oracle_dim} but the data has samples of shape {data.sample_shape}; "
             "pass --oracle-dim to match."
         )
+    if args.conditional:
+        score = gm.conditional_score_model(sde)
+        _check_conditional(args, score, data)
+        prior = (lambda labels: gm.prior_logp(sde, labels=labels)) if args.prior == "oracle" else None
+        return sde, score, data, prior, desc
     prior = gm.prior_logp(sde) if args.prior == "oracle" else None
     return sde, gm.score_model(sde), data, prior, desc
+
+
+def _check_conditional(args: argparse.Namespace, score, data) -> None:  # noqa: ANN001
+    """--conditional needs a class-conditional model and labelled data whose labels the model knows."""
+    if not args.conditional:
+        return
+    if score.num_classes is None:
+        raise ValueError("--conditional needs a class-conditional model; this checkpoint is unconditional (train "
+                         "with --conditional).")
+    if data.labels is None:
+        raise ValueError(f"--conditional needs class labels, but the data {data.name!r} has none (use an .npz with "
+                         "'labels' or 'test_labels').")
+    if int(data.labels.max()) >= score.num_classes:
+        raise ValueError(f"The labels of {data.name!r} reach {int(data.labels.max())}, but the model has "
+                         f"{score.num_classes} classes (0..{score.num_classes - 1}).")
 
 
 def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar, device) -> None:  # noqa: ANN001
@@ -163,6 +189,11 @@ def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar,
         idx = torch.arange(b * args.batch_size, min(n, (b + 1) * args.batch_size))
         seeds = seeds_base + idx
         x = data.x[idx].to(device)
+        if args.conditional:  # log p(x | c): every example under its own label
+            labels = data.labels[idx]
+            kwargs = {**kwargs, "cond": labels.to(device)}
+            if callable(kwargs.get("prior_logp")) and getattr(args, "prior", "sde") == "oracle":
+                kwargs["prior_logp"] = kwargs["prior_logp"](labels)
         if data.levels is not None:
             res = bits_per_dim(sde, score, x, levels=data.levels, scale=data.scale, offset=data.offset,
                                draws=args.draws, bound=args.bound, seeds=seeds, **kwargs)
@@ -176,7 +207,7 @@ def _evaluate(args, sde, score, data, n, mine, *, seeds_base, kwargs, rows, bar,
             cols = {"log_p": lik.log_p, "log_p_std_err": lik.std_err}
             nfe, steps = lik.nfe, lik.n_steps
         for j, i in enumerate(idx.tolist()):
-            row = {"index": i}
+            row = {"index": i, **({"label": int(data.labels[i])} if args.conditional else {})}
             row.update({k: float(v[j]) for k, v in cols.items()})
             row.update(nats_per_dim=-row["log_p"] / d, prior_logp=float(lik.prior_logp[j]),
                        delta_logp=float(lik.delta_logp[j]), nfe=nfe, n_steps=steps, batch=b)
@@ -277,6 +308,11 @@ def run(args: argparse.Namespace) -> int:
                      "world_size": ctx.world_size, "prior": args.prior},
         "status": "success",
     }
+    if args.conditional:
+        from ..likelihood import per_class
+
+        summary["conditional"] = True
+        summary[f"per_class_{key}"] = per_class(vals, torch.tensor([r["label"] for r in rows]))
     atomic_write(out / "likelihood.csv", write_csv)
     atomic_write(out / "summary.json",
                  lambda p: p.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False)))
@@ -289,5 +325,8 @@ def run(args: argparse.Namespace) -> int:
     if discrete and args.draws > 1:
         print(f"bits/dim over {args.draws} draws: plain {summary['mean_plain_bpd']:.4f}, importance-weighted "
               f"{summary['mean_importance_bpd']:.4f} (reported as bpd: {args.bound})")
+    if args.conditional:
+        per = summary[f"per_class_{key}"]
+        print(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
     print(f"wrote {', '.join(str(p) for p in [out / 'likelihood.csv', out / 'summary.json', *plots])}")
     return 0
