@@ -429,7 +429,9 @@ def _set_metadata(
     if tables is None:
         inputs = "x_T float32 [B, *sample_shape]" + ("; noise float32 [K, B, *sample_shape]" if k else "")
         if guided:
-            inputs += "; class_labels int64 [B] (0..K-1, K = no label); guidance float32 [] (w: out_c + w (out_c - out_u))"
+            inputs += (
+                "; class_labels int64 [B] (0..K-1, K = no label); guidance float32 [] (w: out_c + w (out_c - out_u))"
+            )
     else:
         inputs = (
             "x_T float32 [B, *sample_shape]; labels [N]; coefficients float32 [N, 2, 2W + 2]"

@@ -82,10 +82,9 @@ class GuidedNet(nn.Module):
     out <- phi out std(out_c) / std(out) + (1 - phi) out (nonlinear in the outputs; std over all but the batch axis,
     unbiased, as diffusers). ``label_range`` (lo, hi): guidance applies only to rows whose network time label lies
     in [lo, hi] (a guidance interval, Kynkaanniemi et al. 2024); outside it the output is out_c, and an evaluation
-    with every row outside costs one pass of B rows. ``cond`` is [B, ...] (or a 0-d class label used for every sample), ``null`` the null
-    condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast to the batch.
-    ``sample_shape`` is forwarded, so the guided network is
-    checked against data as the network itself.
+    with every row outside costs one pass of B rows. ``cond`` is [B, ...] (or a 0-d class label used for every
+    sample), ``null`` the null condition of one sample (shape ``cond.shape[1:]``: 0-d for class labels), broadcast
+    to the batch. ``sample_shape`` is forwarded, so the guided network is checked against data as the network itself.
     """
 
     def __init__(self, net: Callable[..., Tensor], cond: Tensor, null: Tensor, guidance: float = 0.0,

@@ -4,14 +4,15 @@ every exportable sampler; parity with ``sdeflow.sample(..., cond=, guidance=)``;
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 import torch
+from sdeflow.export import export_sampler
+from sdeflow.export.runtime import OnnxSampler
 
 import sdeflow
 from sdeflow.cli import main
-from sdeflow.export import export_sampler
-from sdeflow.export.runtime import OnnxSampler
 from sdeflow.models import build_model
 
 CFG = {"type": "unet", "image_size": 8, "channels": 16, "mults": [1], "num_classes": 10}
