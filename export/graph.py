@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..sampling.plan import Plan, run_plan
 
-__all__ = ["NetCall", "PlanModule", "ScanStep"]
+__all__ = ["NetCall", "GuidedCall", "PlanModule", "ScanStep"]
 
 
 def _label(label: Tensor, batch: int, broadcast: bool) -> Tensor:
@@ -36,6 +36,29 @@ class NetCall(nn.Module):
 
     def forward(self, x: Tensor, label: Tensor) -> Tensor:
         return self.net(x, _label(label, x.shape[0], self.broadcast))
+
+
+class GuidedCall(nn.Module):
+    """Classifier-free guidance around one call of a class-conditional network ``net(x, label, cond)``
+    (docs/math.md section 10): with the graph inputs ``class_labels`` int64 [B] and ``guidance`` w (0-d float32),
+
+        out = out_c + w (out_c - out_u),   [out_c; out_u] = net([x; x], [label; label], [class_labels; K])
+
+    one network call on 2B rows, as ``sdeflow.sample(..., cond=, guidance=)`` makes it (for every w, w = 0
+    included: one file serves every w)."""
+
+    def __init__(self, net: nn.Module | Callable, null: int) -> None:
+        super().__init__()
+        self.net = net
+        self.null = int(null)
+
+    def forward(self, x: Tensor, label: Tensor, class_labels: Tensor, guidance: Tensor) -> Tensor:
+        b = x.shape[0]
+        lab = label.reshape(1).expand(2 * b)
+        cond = torch.cat([class_labels, torch.full_like(class_labels, self.null)])
+        out = self.net(torch.cat([x, x]), lab, cond)
+        out_c, out_u = out[:b], out[b:]
+        return out_c + guidance * (out_c - out_u)
 
 
 class PlanModule(nn.Module):

@@ -28,7 +28,7 @@ from ..parametrization import DDPMTimesteps, ScoreModel
 from ..sampling import DDIM, GridSampler, Times, Timesteps, compile_plan, load_grid, network_labels
 from ..sampling.names import make_grid, make_sampler
 from ..sampling.plan import Plan
-from .graph import NetCall, PlanModule, ScanStep
+from .graph import GuidedCall, NetCall, PlanModule, ScanStep
 from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
 from .runtime import FORMAT, OnnxSampler
 from .trace import OnnxExportError, broadcasts_label, check_model, frozen, trace
@@ -164,6 +164,7 @@ def export_sampler(
     rtol: float = 1e-5,
     strict: bool = True,
     seed: int = 0,
+    guided: bool = False,
     **options: Any,
 ) -> ExportReport:
     """Export a fixed-grid sampler of a score network to one ONNX graph at ``path``, and verify it.
@@ -190,6 +191,11 @@ def export_sampler(
         verify, batch_sizes, rtol, strict: run onnxruntime against ``sdeflow.sample`` at these batch sizes; with
             ``strict`` a relative error above ``rtol`` or a failed check raises ``OnnxExportError`` and leaves
             ``path`` as it was.
+        guided: a class-conditional model (``num_classes`` = K) exported with classifier-free guidance: the graph
+            takes ``class_labels`` int64 [B] (0..K-1; K = no label) and ``guidance`` float32 [] (w, docs/math.md
+            section 10: out = out_c + w (out_c - out_u), diffusers' guidance_scale = 1 + w) next to x_T, so one
+            file serves every w; each evaluation is one network call on 2B rows. Unrolled graphs only. Parity is
+            checked at w = 0 and w = 2 against ``sdeflow.sample(..., cond=, guidance=)``.
 
     Returns:
         ExportReport: checker, shape inference, relative error per batch size, sizes and timings.
@@ -221,12 +227,19 @@ def export_sampler(
             "is not a linear plan and cannot be exported. Export e.g. 'ddpm' or 'sde-dpmsolver++' instead."
         )
     steps = plan.steps
+    if not isinstance(guided, bool):
+        raise TypeError(f"`guided` must be True or False; got {guided!r}.")
+    if guided and score_model.num_classes is None:
+        raise ValueError("`guided=True` needs a class-conditional model (num_classes set; train with --conditional); "
+                         "this one is unconditional.")
+    if guided and dynamic_steps not in (None, False):
+        raise ValueError("`guided=True` exports the unrolled form only; pass dynamic_steps=None.")
     counts = _step_counts(dynamic_steps, steps, gobj)
     spec = SamplerSpec(smp, gobj, float(eps), set_alpha_to_one)
     tables = _tables(score_model, spec, counts) if counts else None
 
-    proto, tracer = _build(score_model.net, plan, score_model, shape, tables, fold_time_embedding, seed)
-    _set_metadata(proto, score_model, smp, gobj, plan, shape, eps, set_alpha_to_one, tables, data_info)
+    proto, tracer = _build(score_model.net, plan, score_model, shape, tables, fold_time_embedding, seed, guided)
+    _set_metadata(proto, score_model, smp, gobj, plan, shape, eps, set_alpha_to_one, tables, data_info, guided)
     checker_ok, shapes_ok = check_model(proto)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +253,9 @@ def export_sampler(
         if verify:
             runner = OnnxSampler(tmp, providers="cpu", threads=1)
             errors = parity(score_model, runner, spec, steps, tuple(batch_sizes), seed)
+            if guided:  # the worst of w = 0 (parity above) and w = 2, per batch size
+                at2 = parity(score_model, runner, spec, steps, tuple(batch_sizes), seed, guidance=2.0)
+                errors = {b: max(errors[b], at2[b]) for b in errors}
             for s in counts:
                 if s != steps:
                     errors_steps[s] = parity(score_model, runner, spec, s, tuple(batch_sizes[:1]), seed)[
@@ -334,11 +350,26 @@ def _build(
     tables: _Tables | None,
     fold: bool,
     seed: int,
+    guided: bool = False,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Trace one network call (or the Scan body) and assemble the graph."""
     labels = _labels(model, plan)
     label0 = torch.from_numpy(labels[:1]).reshape(())
     x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(seed))
+    if model.num_classes is not None and not guided:  # a conditional network exported unconditionally: null class
+        net = model.conditioned(model.num_classes).net
+    if guided:
+        k = int(model.num_classes)
+        args = (x, label0, torch.tensor([0, k - 1], dtype=torch.int64), torch.tensor(2.0))
+        with frozen(net):
+            call, tracer = trace(
+                GuidedCall(net, k), args, ["x", "label", "class_labels", "guidance"], ["out"],
+                {"x": {0: "B"}, "class_labels": {0: "B"}, "out": {0: "B"}},
+            )
+        if has_subgraphs(call.graph):
+            raise OnnxExportError("The network holds control-flow subgraphs; guided export needs the unrolled form, "
+                                  "which copies one traced call. Export it unguided.")
+        return unrolled_graph(call, plan, labels, shape, guided=True), tracer
     with frozen(net):
         try:
             with torch.no_grad():
@@ -390,12 +421,17 @@ def _set_metadata(
     set_alpha_to_one: bool | None,
     tables: _Tables | None,
     data_info: dict | None,
+    guided: bool = False,
 ) -> None:
     from .. import __version__
 
     k = plan.noise_draws
     if tables is None:
         inputs = "x_T float32 [B, *sample_shape]" + ("; noise float32 [K, B, *sample_shape]" if k else "")
+        if guided:
+            inputs += (
+                "; class_labels int64 [B] (0..K-1, K = no label); guidance float32 [] (w: out_c + w (out_c - out_u))"
+            )
     else:
         inputs = (
             "x_T float32 [B, *sample_shape]; labels [N]; coefficients float32 [N, 2, 2W + 2]"
@@ -439,6 +475,8 @@ def _set_metadata(
         )
     if data_info:
         props["sdeflow.data"] = json.dumps(data_info)
+    if guided:
+        props["sdeflow.num_classes"] = str(int(model.num_classes))
     onnx.helper.set_model_props(proto, props)
     proto.producer_name = "sdeflow"
 

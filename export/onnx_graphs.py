@@ -97,14 +97,20 @@ def _io(shape: tuple[int, ...], noise_dim: int | str | None, extra: list) -> tup
     return inputs, [helper.make_tensor_value_info("x_0", TensorProto.FLOAT, dims)]
 
 
-def unrolled_graph(net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: tuple[int, ...]) -> onnx.ModelProto:
+def unrolled_graph(
+    net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: tuple[int, ...], guided: bool = False
+) -> onnx.ModelProto:
     """The plan written out: x_T (and noise [K, B, ...] when the plan draws K > 0 times) -> x_0.
 
     ``net`` is the traced ``graph.NetCall`` (inputs x, label; one output); ``labels`` [NFE] the network label of
-    each evaluation (int64 or float32, the dtype the network was traced with)."""
+    each evaluation (int64 or float32, the dtype the network was traced with). ``guided``: ``net`` is the traced
+    ``graph.GuidedCall`` (inputs x, label, class_labels, guidance), and every copy reads the graph inputs
+    ``class_labels`` int64 [B] and ``guidance`` float32 [] (shared, not renamed)."""
     g = net.graph
     x_name = g.input[0].name
-    label_name = g.input[1].name if len(g.input) > 1 else None  # a network that ignores its label
+    names = [i.name for i in g.input]
+    label_name = "label" if "label" in names else None  # a network that ignores its label
+    shared = {n: n for n in ("class_labels", "guidance") if n in names} if guided else {}
     b = _Builder()
     b.inits.extend(g.initializer)
     regs: dict[Key, str] = {}
@@ -121,7 +127,7 @@ def unrolled_graph(net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: 
             lab = pre + "label"
             b.inits.append(numpy_helper.from_array(np.asarray(labels[op.index]), lab))
             out = pre + "out"
-            _copy_subgraph(b, g, pre, {x_name: x_in, **({label_name: lab} if label_name else {})}, out)
+            _copy_subgraph(b, g, pre, {x_name: x_in, **({label_name: lab} if label_name else {}), **shared}, out)
             regs[("in", op.index)], regs[("out", op.index)] = x_in, out
         elif isinstance(op, Update):
             parts = terms(op.x)
@@ -136,7 +142,9 @@ def unrolled_graph(net: onnx.ModelProto, plan: Plan, labels: np.ndarray, shape: 
         else:
             raise ValueError(f"{plan.sampler}: a Langevin corrector is nonlinear and cannot be exported to ONNX.")
     b.nodes.append(helper.make_node("Identity", [x], ["x_0"], name="x_0"))
-    inputs, outputs = _io(shape, plan.noise_draws if plan.noise_draws > 0 else None, [])
+    extra = [helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["B"]),
+             helper.make_tensor_value_info("guidance", TensorProto.FLOAT, [])] if guided else []
+    inputs, outputs = _io(shape, plan.noise_draws if plan.noise_draws > 0 else None, extra)
     graph = helper.make_graph(b.nodes, f"sdeflow_{plan.sampler}_unrolled", inputs, outputs, initializer=b.inits)
     return helper.make_model(graph, opset_imports=list(net.opset_import), ir_version=net.ir_version)
 

@@ -14,6 +14,9 @@ A dynamic-steps graph ('sdeflow.graph' = 'scan') takes instead of ``noise`` the 
 [N], ``coefficients`` [N, 2, 2W + 2] and ``noise_rows`` [N, B, ...]; ``OnnxSampler.run(x_T, noise, steps=S)``
 fills them from the table of step count S in the metadata 'sdeflow.dynamic_tables' (row i of noise_rows is
 noise[noise_index[i]], zeros where noise_index is -1).
+A guided graph (metadata 'sdeflow.num_classes' = K) also takes ``class_labels`` int64 [B] (0..K-1, K = no label) and
+``guidance`` float32 [] (w: out = out_c + w (out_c - out_u), diffusers' guidance_scale = 1 + w):
+``run(..., class_labels=, guidance=)``.
 
 Seeds (``draw``; the generator ``sdeflow.sample(seed=)`` uses, ``sdeflow.sampling.noise``): sample i has the seed
 seed_i = (seed + i) mod 2**62 and
@@ -110,6 +113,7 @@ class GraphInfo:
     tables: dict[int, StepTable]
     sdeflow_version: str
     properties: dict
+    num_classes: int | None = None  # K of a guided graph (inputs class_labels, guidance); None otherwise
 
     def noise_draws_for(self, steps: int) -> int:
         """K, the normals the sampler draws with ``steps`` steps (the first dimension of ``noise``)."""
@@ -238,6 +242,11 @@ def _read_info(meta: dict[str, str], path: Path, inputs: dict[str, list]) -> Gra
             )
     if "sdeflow.data" in meta:  # optional (checkpoints record their data); read by picture writers
         _json(meta, "sdeflow.data", path, dict)
+    num_classes = None
+    if "class_labels" in inputs or "sdeflow.num_classes" in meta:  # a guided graph: both, and the guidance input
+        num_classes = _int(meta, "sdeflow.num_classes", path, 1)
+        if "class_labels" not in inputs or "guidance" not in inputs:
+            raise _bad("sdeflow.num_classes", "a graph with the inputs class_labels and guidance", num_classes, path)
     return GraphInfo(
         sampler=_get(meta, "sdeflow.sampler", path),
         options=_json(meta, "sdeflow.sampler_options", path, dict),
@@ -251,6 +260,7 @@ def _read_info(meta: dict[str, str], path: Path, inputs: dict[str, list]) -> Gra
         tables=tables,
         sdeflow_version=meta.get("sdeflow.version", "?"),
         properties=dict(meta),
+        num_classes=num_classes,
     )
 
 
@@ -442,9 +452,14 @@ class OnnxSampler:
         noise: np.ndarray | None = None,
         steps: int | None = None,
         allow_nonfinite: bool = False,
+        class_labels: np.ndarray | None = None,
+        guidance: float = 0.0,
     ) -> np.ndarray:
         """x_0 [B, *sample_shape] from x_T [B, *sample_shape] (and noise [K, B, *sample_shape] when the sampler
         draws K > 0 normals: ``info.noise_draws_for(steps)``).
+
+        A guided graph (``info.num_classes`` = C) needs ``class_labels`` int [B] (0..C-1, C = no label) and takes
+        the guidance weight w (``guidance``: out = out_c + w (out_c - out_u), diffusers' guidance_scale = 1 + w).
 
         ``steps`` may differ from the exported S only for a dynamic-steps graph, among ``info.dynamic_steps``.
         Non-finite outputs raise ``NonFiniteOutputError`` naming the samples, unless ``allow_nonfinite``.
@@ -456,6 +471,7 @@ class OnnxSampler:
         s = self._steps(steps)
         k = info.noise_draws_for(s)
         feeds = {"x_T": self._check("x_T", x_T, (b, *info.sample_shape))}
+        feeds.update(self._condition(b, class_labels, guidance))
         if k > 0:
             if noise is None:
                 raise ValueError(
@@ -489,6 +505,29 @@ class OnnxSampler:
                 )
         return out
 
+    def _condition(self, b: int, class_labels: Any, guidance: Any) -> dict[str, np.ndarray]:
+        """The feeds class_labels int64 [B] and guidance float32 [] of a guided graph, checked."""
+        k = self.info.num_classes
+        if k is None:
+            if class_labels is not None or (guidance not in (None, 0, 0.0)):
+                raise ValueError(f"{self.path} is not a guided graph (no class_labels input); pass no class labels or "
+                                 "guidance, or export with guided=True (`sdeflow export --guided`).")
+            return {}
+        if class_labels is None:
+            raise ValueError(f"{self.path} is a guided graph of {k} classes: pass class_labels, int [B] in 0..{k - 1} "
+                             f"({k} = no label), e.g. np.full(B, 3).")
+        lab = np.asarray(class_labels)
+        if lab.shape != (b,) or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(f"`class_labels` must be an integer array of shape [B] = [{b}]; got shape "
+                             f"{list(lab.shape)}, dtype {lab.dtype}.")
+        if lab.size and (lab.min() < 0 or lab.max() > k):
+            raise ValueError(f"`class_labels` must lie in 0..{k - 1} ({k} = no label); got {lab.min()}..{lab.max()}.")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)) or not \
+                math.isfinite(float(guidance)):
+            raise ValueError(f"`guidance` must be a finite number (the weight w); got {guidance!r}.")
+        return {"class_labels": np.ascontiguousarray(lab.astype(np.int64)),
+                "guidance": np.asarray(float(guidance), dtype=np.float32)}
+
     def _execute(self, b: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self._session(b)
         if self.device != "cuda":
@@ -516,14 +555,22 @@ class OnnxSampler:
         session.run_with_iobinding(binding)
         return out.numpy()
 
-    def sample(self, batch_size: int, seed: int = 0, steps: int | None = None) -> np.ndarray:
+    def sample(
+        self,
+        batch_size: int,
+        seed: int = 0,
+        steps: int | None = None,
+        class_labels: np.ndarray | None = None,
+        guidance: float = 0.0,
+    ) -> np.ndarray:
         """Draw ``batch_size`` samples with the per-sample seeds seed + i (module docstring): sample i is the same
-        whatever the batch size, and the same as ``sdeflow.sample(..., seed=seed)`` gives in PyTorch."""
+        whatever the batch size, and the same as ``sdeflow.sample(..., seed=seed)`` gives in PyTorch
+        (``class_labels`` and ``guidance``: guided graphs, as in ``run``)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
         s = self._steps(steps)
         x_T, noise = self.draw(int(batch_size), seed, s)  # noqa: N806
-        return self.run(x_T, noise, s)
+        return self.run(x_T, noise, s, class_labels=class_labels, guidance=guidance)
 
     def draw(self, batch_size: int, seed: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The x_T [B, ...] (times the prior std) and noise [K, B, ...] (None when K = 0) that ``sample`` uses."""
@@ -711,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--providers", default="auto")
     p.add_argument("--out", default="samples.npy", help="samples.npy / .npz (arrays) or samples.png (a picture)")
     p.add_argument("--scale", type=int, default=None, help="upscaling of image grids (default: long side >= 512 px)")
+    p.add_argument("--class", dest="classes", type=int, default=None, help="guided graphs: the class of every sample")
+    p.add_argument("--guidance", type=float, default=0.0, help="guided graphs: the guidance weight w (default 0)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if out.suffix.lower() not in (*ARRAY_FORMATS, ".png"):
@@ -719,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = sampler.info.sample_shape
     if out.suffix.lower() == ".png" and not (is_image_shape(shape) or shape == (2,)):
         p.error(f"no picture for samples of shape {list(shape)}; use --out samples.npy.")
-    x0 = sampler.sample(args.batch, seed=args.seed, steps=args.steps)
+    labels = None if args.classes is None else np.full(args.batch, args.classes, dtype=np.int64)
+    x0 = sampler.sample(args.batch, seed=args.seed, steps=args.steps, class_labels=labels, guidance=args.guidance)
     if out.suffix.lower() == ".png":
         _write_file(out, samples_png(x0, json.loads(sampler.info.properties.get("sdeflow.data", "{}")), args.scale))
     else:

@@ -38,6 +38,8 @@ class SamplerSpec:
         steps: int,
         x_T: torch.Tensor,
         noise: torch.Tensor | None,  # noqa: N803
+        cond: torch.Tensor | None = None,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         result = sample(
             model,
@@ -49,6 +51,8 @@ class SamplerSpec:
             eps=self.eps,
             set_alpha_to_one=self.set_alpha_to_one,
             noise=noise,
+            cond=cond,
+            guidance=guidance,
         )
         return result.samples
 
@@ -63,14 +67,24 @@ def parity(
     steps: int,
     batch_sizes: tuple[int, ...],
     seed: int = 0,
+    guidance: float = 0.0,
 ) -> dict[int, float]:
     """Relative error of onnxruntime against ``spec.reference`` for each batch size, on the x_T and noise that
-    ``runner.draw(B, seed, steps)`` gives (the documented per-sample generator)."""
+    ``runner.draw(B, seed, steps)`` gives (the documented per-sample generator). For a guided graph sample i gets
+    class i mod K, guided with weight ``guidance``."""
     errors: dict[int, float] = {}
+    k = runner.info.num_classes
     for b in batch_sizes:
         x_T, noise = runner.draw(int(b), seed, steps)  # noqa: N806
-        ref = spec.reference(model, steps, torch.from_numpy(x_T), None if noise is None else torch.from_numpy(noise))
-        errors[int(b)] = relative_error(runner.run(x_T, noise, steps=steps, allow_nonfinite=True), ref.numpy())
+        z = None if noise is None else torch.from_numpy(noise)
+        if k is None:
+            ref = spec.reference(model, steps, torch.from_numpy(x_T), z)
+            got = runner.run(x_T, noise, steps=steps, allow_nonfinite=True)
+        else:
+            labels = np.arange(int(b), dtype=np.int64) % k
+            ref = spec.reference(model, steps, torch.from_numpy(x_T), z, torch.from_numpy(labels), guidance)
+            got = runner.run(x_T, noise, steps=steps, allow_nonfinite=True, class_labels=labels, guidance=guidance)
+        errors[int(b)] = relative_error(got, ref.numpy())
     return errors
 
 

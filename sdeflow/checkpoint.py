@@ -53,7 +53,8 @@ class Checkpoint:
     Attributes:
         net: the network (eval mode, the stored weights: EMA weights for checkpoints written by ``sdeflow train``).
         sde: the forward SDE.
-        score_model: ``ScoreModel(net, sde, prediction, time_label)``.
+        score_model: ``ScoreModel(net, sde, prediction, time_label, num_classes)`` (``num_classes`` from the model
+            config of a class-conditional network, else None).
         sample_shape: the shape of one sample.
         data_info: dict with name, levels, scale, offset, sample_shape of the training data.
         config: the whole parsed config.json.
@@ -333,7 +334,9 @@ def _load(folder: Path, device: torch.device) -> Checkpoint:
     if declared is not None and tuple(declared) != sample_shape:
         raise _invalid(cfg_path, "data.sample_shape", f"the network's sample shape {list(declared)}",
                        data_info["sample_shape"])
-    score_model = ScoreModel(net, sde, prediction=config["prediction"], time_label=time_label)
+    # a class-conditional network records num_classes in its model config (old checkpoints: unconditional)
+    score_model = ScoreModel(net, sde, prediction=config["prediction"], time_label=time_label,
+                             num_classes=getattr(net, "num_classes", None))
     return Checkpoint(net, sde, score_model, sample_shape, data_info, config, folder)
 
 

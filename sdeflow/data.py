@@ -71,6 +71,11 @@ class Dataset:
         return math.prod(self.sample_shape)
 
     @property
+    def num_classes(self) -> int | None:
+        """K = 1 + the largest class label (labels 0..K-1), or None for data without labels."""
+        return None if self.labels is None or not len(self.labels) else int(self.labels.max()) + 1
+
+    @property
     def info(self) -> dict:
         """The JSON description stored in checkpoints: name, levels, scale, offset, sample_shape."""
         return {
@@ -186,7 +191,7 @@ def _user_array(path: Path, split: str) -> np.ndarray:
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} is a .npy array named .npz; rename it to .npy or save it with numpy.savez.")
     with f:
-        keys = list(f.keys())
+        keys = [k for k in f.keys() if k not in LABEL_KEYS]
         name = split if split in keys else (keys[0] if split == "train" and len(keys) == 1 else None)
         if name is None:
             raise ValueError(
@@ -194,6 +199,33 @@ def _user_array(path: Path, split: str) -> np.ndarray:
                 "training data) or arrays named 'train' and 'test'."
             )
         return _read_npy(path, f"{path} (array {name!r})", lambda: f[name])
+
+
+LABEL_KEYS = ("labels", "train_labels", "test_labels")
+
+
+def _user_labels(path: Path, split: str, n: int) -> Tensor | None:
+    """Class labels of a user .npz: ``{split}_labels`` ('train_labels' / 'test_labels'), or ``labels`` for an archive
+    holding one data array (the training data); integers >= 0, one per example. None when there are none."""
+    if path.suffix != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        keys = list(f.keys())
+        key = f"{split}_labels" if f"{split}_labels" in keys else (
+            "labels" if "labels" in keys and split == "train" else None)
+        if key is None:
+            return None
+        lab = _read_npy(path, f"{path} (array {key!r})", lambda: f[key])
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise ValueError(f"`{key}` in {path} must be a 1-D array of one class label per example ([N] = [{n}]); got "
+                         f"shape {list(lab.shape)}. Save it with numpy.savez(..., {key}=labels).")
+    if not np.issubdtype(lab.dtype, np.integer) and not (np.issubdtype(lab.dtype, np.floating)
+                                                         and np.isfinite(lab).all() and (lab == np.round(lab)).all()):
+        raise ValueError(f"`{key}` in {path} must hold integer class labels 0..K-1; got dtype {lab.dtype}.")
+    if lab.min() < 0:
+        raise ValueError(f"`{key}` in {path} must hold class labels 0..K-1; got {lab.min()}. Relabel the classes "
+                         "as 0..K-1.")
+    return torch.from_numpy(lab.astype(np.int64))
 
 
 def load_dataset(
@@ -209,6 +241,8 @@ def load_dataset(
     Args:
         name: a built-in name or a path to a .npy/.npz file. A file holds [N, D] vectors, [N, H, W] single-channel
             images (stored as [N, 1, H, W]) or [N, C, H, W] images; an .npz holds one array or arrays 'train'/'test'.
+            Class labels (for conditional training) come from an .npz: 'train_labels' / 'test_labels', or 'labels'
+            next to a single data array; integers 0..K-1, one per example.
         split: 'train' or 'test'.
         levels: for user arrays of discrete data: K, with integer entries k in {0..K-1}; x = scale (k + 1/2) / K
             + offset (default scale 2, offset -1, i.e. [-1, 1]). Without ``levels`` the array is continuous and
@@ -259,7 +293,7 @@ def load_dataset(
         codes = torch.from_numpy(arr.astype(np.int64))
         s = 2.0 if scale is None else float(scale)
         o = -1.0 if offset is None else float(offset)
-        return _discrete(str(name), codes, levels, s, o, None)
+        return _discrete(str(name), codes, levels, s, o, _user_labels(path, split, arr.shape[0]))
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"The array in {name} must be numeric; got dtype {arr.dtype}.")
     s = 1.0 if scale is None else float(scale)
@@ -267,7 +301,7 @@ def load_dataset(
     x = torch.from_numpy((s * arr.astype(np.float64) + o).astype(np.float32))
     if not torch.isfinite(x).all():
         raise ValueError(f"The array in {name} contains NaN or infinite values.")
-    return Dataset(str(name), x, None, s, o, tuple(x.shape[1:]))
+    return Dataset(str(name), x, None, s, o, tuple(x.shape[1:]), labels=_user_labels(path, split, arr.shape[0]))
 
 
 @dataclass(frozen=True, eq=False)

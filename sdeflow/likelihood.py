@@ -32,7 +32,8 @@ from .sampling.solvers import ADAPTIVE_ODE_SOLVERS
 from .sde import SDE
 from .status import Status
 
-__all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimResult", "bits_per_dim"]
+__all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimResult", "bits_per_dim", "per_class",
+           "class_log_likelihoods"]
 
 # The adaptive torchdiffeq methods of sdeflow.sampling.solvers (the one list), less scipy_solver: it takes neither
 # the per-example norm nor step_t nor the step callbacks the likelihood's error control and counters need.
@@ -181,6 +182,7 @@ def log_likelihood(
     time_variable: str = "t",
     max_steps: int = 10_000,
     callback: Callable[[Progress], None] | None = None,
+    cond: Tensor | int | Sequence[int] | None = None,
 ) -> LikelihoodResult:
     """log p_eps(x) (nats) of each example through the probability-flow ODE, with its latent z = x(T).
 
@@ -219,6 +221,10 @@ def log_likelihood(
         max_steps: most solver steps before ``LikelihoodError``.
         callback: called with ``Progress('likelihood', fraction of the interval done, 1.0)`` after every accepted
             step.
+        cond: for a class-conditional model (``num_classes`` = K): the class of every example or one per example
+            ([B]); the result is then log p_eps(x | c), through the PF-ODE of the conditional score s(x, t | c)
+            (docs/math.md section 10). K (no label), or None, gives the model's unconditional log p_eps(x). Pass
+            the matching prior (e.g. ``GaussianMixture.prior_logp(sde, labels=c)``) when the prior is not p_T.
 
     Raises:
         ValueError/TypeError for bad arguments or data; ``LikelihoodError`` if the solve fails.
@@ -232,6 +238,14 @@ def log_likelihood(
     eps = V.check_float(eps, "eps")  # its range is checked below
     probes, max_steps = V.check_int(probes, "probes", min=1), V.check_int(max_steps, "max_steps", min=1)
     model = as_score_model(score, sde)
+    if cond is not None or model.num_classes is not None:
+        if model.num_classes is None:
+            raise ValueError("`cond` was given but the model is unconditional (num_classes=None).")
+        from .conditioning import check_labels
+
+        cond = check_labels(model.num_classes if cond is None else cond, "cond", model.num_classes,
+                            batch=x.shape[0] if isinstance(x, Tensor) and x.ndim else None)
+        model = model.conditioned(cond)
     _check_data(x)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(
@@ -497,3 +511,51 @@ def bits_per_dim(
         nfe=sum(r.nfe for r in results), levels=levels, scale=float(scale), offset=float(offset), draws=draws,
         results=tuple(results),
     )
+
+
+def per_class(values: Tensor, labels: Tensor) -> dict[int, dict[str, float]]:
+    """Mean and standard error of per-example ``values`` (bits/dim, nats/dim) for each class in ``labels``:
+    {class: {"n", "mean", "std_err"}} (std_err = std / sqrt(n), NaN for a single example)."""
+    out: dict[int, dict[str, float]] = {}
+    for c in sorted(set(labels.tolist())):
+        v = values[labels == c].double()
+        out[int(c)] = {"n": int(v.numel()), "mean": float(v.mean()),
+                       "std_err": float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")}
+    return out
+
+
+def class_log_likelihoods(
+    sde: SDE,
+    model: ScoreModel,
+    x: Tensor,
+    *,
+    seeds: Tensor | Sequence[int] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """log p_eps(x | c) for every example and every class c = 0..K-1 of a class-conditional model: [B, K] (nats).
+
+    One PF-ODE solve on the batch of B K rows (example b under class c in row b K + c) through the conditional score
+    (``log_likelihood(..., cond=c)``). With a Hutchinson divergence the K rows of an example share its probes
+    (``seeds`` [B], repeated), so class differences log p(x | c) - log p(x | c') carry little probe noise. Bayes'
+    rule then gives log p(c | x) = log p(x | c) + log p(c) - log p(x) (``examples/classify_digits.py``).
+    ``kwargs`` go to ``log_likelihood`` (method, rtol, atol, divergence, probes, ...).
+    """
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        raise ValueError("`model` must be class-conditional (a ScoreModel with num_classes) to score classes.")
+    if "cond" in kwargs:
+        raise ValueError("class_log_likelihoods evaluates every class itself; do not pass `cond`.")
+    V.check_batch(x, "x", finite=False)
+    b = x.shape[0]
+    rows = x.repeat_interleave(k, dim=0)
+    labels = torch.arange(k, device=x.device).repeat(b)
+    row_seeds = None
+    if seeds is not None:
+        seed_t = torch.as_tensor(seeds, dtype=torch.int64)
+        if seed_t.shape != (b,):
+            raise V.bad_value("seeds", f"one seed per example ([B] = [{b}])", seeds)
+        row_seeds = seed_t.repeat_interleave(k)
+    elif kwargs.get("divergence", "exact") != "exact":
+        row_seeds = example_seeds(b, kwargs.pop("generator", None)).repeat_interleave(k)
+    res = log_likelihood(sde, model, rows, cond=labels, seeds=row_seeds, **kwargs)
+    return res.log_p.reshape(b, k)

@@ -31,12 +31,12 @@ from ._utils import atomic_write
 from ._validate import json_safe
 from .checkpoint import Checkpoint
 from .data import Dataset, load_dataset
-from .likelihood import BOUNDS, LikelihoodError, bits_per_dim, log_likelihood
+from .likelihood import BOUNDS, LikelihoodError, bits_per_dim, log_likelihood, per_class
 from .parametrization import ScoreModel
 from .progress import Progress
 from .sde import SDE
 
-__all__ = ["DatasetLikelihood", "evaluate_dataset", "checkpoint_dataset"]
+__all__ = ["DatasetLikelihood", "evaluate_dataset", "checkpoint_dataset", "check_conditional"]
 
 Row = dict[str, float | int]
 
@@ -76,6 +76,20 @@ def checkpoint_dataset(
             f"offset={info.get('offset')}); pass matching levels=/scale=/offset= (CLI: --levels/--scale/--offset)."
         )
     return dataset
+
+
+def check_conditional(model: Any, data: Dataset) -> None:
+    """A conditional evaluation needs a class-conditional model and labelled data whose labels the model knows."""
+    k = getattr(model, "num_classes", None)
+    if k is None:
+        raise ValueError("conditional=True (CLI: --conditional) needs a class-conditional model; this one is "
+                         "unconditional (train with conditional=True / --conditional).")
+    if data.labels is None:
+        raise ValueError(f"conditional=True (CLI: --conditional) needs class labels, but the data {data.name!r} has "
+                         "none (use an .npz with 'labels' or 'test_labels').")
+    if int(data.labels.max()) >= k:
+        raise ValueError(f"The labels of {data.name!r} reach {int(data.labels.max())}, but the model has {k} classes "
+                         f"(0..{k - 1}).")
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,8 @@ def evaluate_dataset(
     progress: Callable[[Progress], None] | None = None,
     description: str = "",
     split: str | None = None,
+    conditional: bool = False,
+    class_prior: Callable[[Tensor], Callable[[Tensor], Tensor]] | None = None,
     **solver: Any,
 ) -> DatasetLikelihood:
     """Exact log-likelihoods (continuous data) or bits/dim (discrete data) of the first ``limit`` examples of
@@ -161,6 +177,10 @@ def evaluate_dataset(
             device. Every rank gets the gathered result.
         progress: called on this rank with a ``Progress('likelihood', done, total)`` after every batch, in examples.
         description, split: the model's description and the data split, recorded in the summary.
+        conditional: log p(x | c) of every example under its own label (``data.labels``; the model must be
+            class-conditional): rows get a ``label`` column, the summary the per-class means (``per_class_<key>``).
+        class_prior: with ``conditional``, the prior log-density for given labels (e.g.
+            ``lambda c: mixture.prior_logp(sde, labels=c)``); None uses ``prior_logp`` or the SDE's p_T.
         **solver: the solver settings of ``log_likelihood`` (method, rtol, atol, eps, divergence, probes, dtype,
             state_dtype, time_variable, max_steps, prior_logp, error_control).
 
@@ -173,6 +193,8 @@ def evaluate_dataset(
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}.")
+    if conditional:
+        check_conditional(model, data)
     ctx = ctx or D.DistContext(rank=0, world_size=1, device=data.x.device)
     n = len(data) if limit is None else min(limit, len(data))
     mine = D.shard(math.ceil(n / batch_size), ctx)
@@ -182,7 +204,14 @@ def evaluate_dataset(
         done = 0
         for b in mine:
             idx = torch.arange(b * batch_size, min(n, (b + 1) * batch_size))
-            rows += _batch_rows(sde, model, data, idx, b, seed * (1 << 32) + idx, draws, bound, ctx.device, solver)
+            kwargs = dict(solver)
+            if conditional:  # log p(x | c): every example under its own label
+                labels = data.labels[idx]  # type: ignore[index]  (checked by check_conditional)
+                kwargs["cond"] = labels.to(ctx.device)
+                if class_prior is not None:
+                    kwargs["prior_logp"] = class_prior(labels)
+            rows += _batch_rows(sde, model, data, idx, b, seed * (1 << 32) + idx, draws, bound, ctx.device, kwargs,
+                                conditional)
             done += len(idx)
             if progress is not None:
                 progress(Progress("likelihood", done, total))
@@ -194,12 +223,17 @@ def evaluate_dataset(
         raise LikelihoodError(failures[0])
     rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])  # type: ignore[union-attr]
     summary = _summary(rows, data, split, n, description, solver, draws, bound, batch_size, seed, ctx)
+    if conditional:
+        key = "bpd" if data.levels is not None else "nats_per_dim"
+        values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+        summary["conditional"] = True
+        summary[f"per_class_{key}"] = per_class(values, torch.tensor([int(r["label"]) for r in rows]))
     return DatasetLikelihood(rows, summary, data)
 
 
 def _batch_rows(
     sde: SDE, model: Any, data: Dataset, idx: Tensor, batch: int, seeds: Tensor, draws: int, bound: str,
-    device: torch.device, solver: dict[str, Any],
+    device: torch.device, solver: dict[str, Any], conditional: bool = False,
 ) -> list[Row]:
     x = data.x[idx].to(device)
     if data.levels is not None:
@@ -216,7 +250,10 @@ def _batch_rows(
         nfe, steps = lik.nfe, lik.n_steps
     rows: list[Row] = []
     for j, i in enumerate(idx.tolist()):
-        row: Row = {"index": i, **{k: float(v[j]) for k, v in cols.items()}}
+        row: Row = {"index": i}
+        if conditional and data.labels is not None:
+            row["label"] = int(data.labels[i])
+        row.update({k: float(v[j]) for k, v in cols.items()})
         row.update(nats_per_dim=-row["log_p"] / data.dim, prior_logp=float(lik.prior_logp[j]),
                    delta_logp=float(lik.delta_logp[j]), nfe=nfe, n_steps=steps, batch=batch)
         rows.append(row)

@@ -115,14 +115,18 @@ class DSMLoss:
         t: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        cond: Tensor | None = None,
     ) -> Tensor:
-        """Per-sample losses [B]: weight(t) * || eps_hat(alpha x0 + sigma eps, t) - eps ||^2 summed over dimensions.
+        """Per-sample losses [B]: weight(t) * || eps_hat(alpha x0 + sigma eps, t | c) - eps ||^2 summed over dimensions.
 
         ``t`` [B] and ``noise`` (shape of ``x0``) are drawn from ``generator`` when not given; a given ``t`` must come
-        from ``sample_t`` (with importance sampling the weight assumes t's density).
+        from ``sample_t`` (with importance sampling the weight assumes t's density). ``cond``: the class labels [B]
+        of a class-conditional model (K = no label, what condition dropout substitutes; None: all K).
         """
         if not isinstance(model, ScoreModel):
             raise TypeError(f"`model` must be an sdeflow ScoreModel; got {type(model).__name__}.")
+        if cond is not None:
+            model = model.conditioned(cond)
         _check_x0(x0)
         _check_noise(noise, x0)
         sde = model.sde
@@ -162,8 +166,9 @@ class DDPMLoss:
         timesteps: Tensor | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        cond: Tensor | None = None,
     ) -> Tensor:
-        """Per-sample losses [B]."""
+        """Per-sample losses [B]; ``cond`` [B]: class labels of a class-conditional model (K = no label)."""
         if not isinstance(model, ScoreModel) or model.prediction != "eps":
             raise TypeError("`model` must be an sdeflow ScoreModel with prediction='eps' for the DDPM loss.")
         label = model.time_label
@@ -184,5 +189,14 @@ class DDPMLoss:
         a = append_dims(abar[timesteps].to(x0.dtype), x0.ndim)
         x_i = a.sqrt() * x0 + (1 - a).sqrt() * noise
         net_label = timesteps if label.integer else timesteps.to(x0.dtype)
-        eps_hat = model.net(x_i, net_label)
+        if model.num_classes is None:
+            if cond is not None:
+                raise ValueError("`cond` was given but the model is unconditional (num_classes=None).")
+            eps_hat = model.net(x_i, net_label)
+        else:
+            from .conditioning import check_labels
+
+            lab = check_labels(model.num_classes if cond is None else cond, "cond", model.num_classes,
+                               batch=x0.shape[0]).to(x0.device)
+            eps_hat = model.net(x_i, net_label, lab.expand(x0.shape[0]) if lab.ndim == 0 else lab)
         return (eps_hat - noise).pow(2).reshape(x0.shape[0], -1).sum(1)

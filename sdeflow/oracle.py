@@ -113,13 +113,30 @@ class GaussianMixture:
         return second - m[:, None] * m[None]
 
     def sample(
-        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        component: int | None = None,
     ) -> Tensor:
-        """Exact samples from p_0, shape [n, D]."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        """Exact samples from p_0 (or from the component ``component``, the class-conditional p_0(x | k)), [n, D]."""
+        return self.sample_labelled(n, generator, dtype, component)[0]
+
+    def sample_labelled(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        component: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Exact samples [n, D] with their components [n] (int64): the classes of a labelled data set."""
+        if component is None:
+            comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        else:
+            comp = torch.full((n,), check_int(component, "component", min=0, max=self.n_components - 1))
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = self.means[comp] + torch.einsum("nij,nj->ni", self._chol[comp], z)
-        return x.to(dtype)
+        return x.to(dtype), comp
 
     def sample_t(
         self, n: int, t: float, sde: SDE, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
@@ -152,15 +169,46 @@ class GaussianMixture:
         logn = -0.5 * (quad + torch.log(d).sum(-1) + self.dim * math.log(2 * math.pi))
         return torch.log(self.weights)[None] + logn, y / d, d
 
-    def log_prob(self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None) -> Tensor:
-        """Exact log p_t(x) (nats, shape [B]); ``t=None`` gives the data density p_0."""
-        logits, _, _ = self._terms(x, t, sde)
-        return torch.logsumexp(logits, dim=1).to(x.dtype)
+    def _classes(self, labels: Tensor | int | None, b: int) -> Tensor | None:
+        """Labels [B] in 0..K (K = the null class: the whole mixture), or None."""
+        if labels is None:
+            return None
+        from .conditioning import check_labels
 
-    def score(self, x: Tensor, t: Tensor | float, sde: SDE) -> Tensor:
-        """Exact score grad_x log p_t(x), shape [B, D]."""
+        lab = check_labels(labels, "labels", self.n_components, batch=b)
+        return lab.expand(b) if lab.ndim == 0 else lab
+
+    def _log_resp(self, logits: Tensor, labels: Tensor | int | None) -> Tensor:
+        """log r_k: the posterior over components (softmax) for null rows, a one-hot on the component for labelled
+        rows (the class-conditional density of class k is component k alone)."""
+        log_r = torch.log_softmax(logits, dim=1)
+        lab = self._classes(labels, logits.shape[0])
+        if lab is None:
+            return log_r
+        onehot = torch.full_like(log_r, -math.inf)
+        rows = (lab < self.n_components).nonzero().flatten()
+        onehot[rows, lab[rows]] = 0.0
+        keep = lab == self.n_components
+        return torch.where(keep[:, None], log_r, onehot)
+
+    def log_prob(
+        self, x: Tensor, t: Tensor | float | None = None, sde: SDE | None = None, labels: Tensor | int | None = None
+    ) -> Tensor:
+        """Exact log p_t(x) (nats, shape [B]); ``t=None`` gives the data density p_0. ``labels`` (0..K-1 per row, or
+        K = none) gives the class-conditional log p_t(x | k) = log N(x; alpha mu_k, C_k(t)) instead."""
+        logits, _, _ = self._terms(x, t, sde)
+        lab = self._classes(labels, x.shape[0])
+        if lab is None:
+            return torch.logsumexp(logits, dim=1).to(x.dtype)
+        cond = (logits - torch.log(self.weights)[None]).gather(1, lab.clamp(max=self.n_components - 1)[:, None])
+        out = torch.where(lab == self.n_components, torch.logsumexp(logits, dim=1), cond[:, 0])
+        return out.to(x.dtype)
+
+    def score(self, x: Tensor, t: Tensor | float, sde: SDE, labels: Tensor | int | None = None) -> Tensor:
+        """Exact score grad_x log p_t(x), shape [B, D]; with ``labels`` (0..K-1 per row, K = none) the conditional
+        score of class k, which is component k's own Gaussian score -C_k(t)^{-1} (x - alpha mu_k)."""
         logits, ydiv, _ = self._terms(x, t, sde)
-        r = torch.softmax(logits, dim=1)  # [B, K]
+        r = torch.exp(self._log_resp(logits, labels))  # [B, K]
         # sum_k r_k C_k^{-1} (x - alpha mu_k) = sum_k U_k (r_k y_k / d_k)
         weighted = (r[:, :, None] * ydiv).reshape(x.shape[0], -1)
         return -(weighted @ self._unrotate).to(x.dtype)
@@ -169,7 +217,17 @@ class GaussianMixture:
         """The exact score as a ``ScoreModel`` (prediction 'score'), ready for every sampler and solver."""
         return ScoreModel(lambda x, t: self.score(x, t, sde), sde, prediction="score", t_min=t_min)
 
-    def prior_logp(self, sde: SDE, t: float | None = None) -> Callable[[Tensor], Tensor]:
-        """The exact log p_T (or log p_t) as a function z -> [B], to use as the prior in likelihood computations."""
+    def conditional_score_model(self, sde: SDE, t_min: float = 1e-7) -> ScoreModel:
+        """The exact class-conditional score as a conditional ``ScoreModel`` (prediction 'score', num_classes = K
+        components): classes 0..K-1 are the components, the null class K the whole mixture. Guided with weight w it
+        is the closed form s_u + (1 + w) (s_k - s_u)."""
+        return ScoreModel(lambda x, t, c: self.score(x, t, sde, labels=c), sde, prediction="score", t_min=t_min,
+                          num_classes=self.n_components)
+
+    def prior_logp(
+        self, sde: SDE, t: float | None = None, labels: Tensor | int | None = None
+    ) -> Callable[[Tensor], Tensor]:
+        """The exact log p_T (or log p_t) as a function z -> [B], to use as the prior in likelihood computations
+        (of class ``labels`` when given)."""
         t_end = sde.T if t is None else t
-        return lambda z: self.log_prob(z, t_end, sde)
+        return lambda z: self.log_prob(z, t_end, sde, labels=labels)

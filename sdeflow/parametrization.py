@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time
+from ._validate import check_float, check_int
 from .sde import SDE, sde_from_config
 
 __all__ = [
@@ -198,6 +200,10 @@ class ScoreModel(nn.Module):
         time_label: how t is turned into the network's time input (default: continuous t).
         t_min: times are clamped to [t_min, T] before use, so that adaptive solvers probing slightly outside
             [eps, T] (while choosing a first step) see finite values. It must be > 0 where sigma(0) = 0.
+        num_classes: K for a class-conditional network called as ``net(x, label, cond)`` with labels 0..K-1 and
+            K = no label (``sdeflow.conditioning``); the model itself then evaluates the unconditional output
+            (cond = K), and ``conditioned(cond, guidance)`` gives the conditional / guided model. None (default):
+            ``net(x, label)``.
 
     ``t`` is a scalar or a tensor of shape [B]; ``x`` has any shape [B, ...].
     """
@@ -209,6 +215,7 @@ class ScoreModel(nn.Module):
         prediction: Prediction = "eps",
         time_label: TimeLabel | None = None,
         t_min: float = 1e-7,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -224,6 +231,58 @@ class ScoreModel(nn.Module):
         self.prediction: Prediction = prediction
         self.time_label = time_label if time_label is not None else ContinuousTime()
         self.t_min = float(t_min)
+        self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes", min=1)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a class condition (``num_classes`` is set)."""
+        return self.num_classes is not None
+
+    def conditioned(
+        self,
+        cond: Any,
+        guidance: float = 0.0,
+        null: Tensor | None = None,
+        rescale: float = 0.0,
+        interval: tuple[float, float] | None = None,
+    ) -> ScoreModel:
+        """The model of p(x | cond), guided with weight w = ``guidance`` (docs/math.md section 10):
+
+            out = out(x | c) + w (out(x | c) - out(x | none)),   so   s_guided = s_u + (1 + w) (s_c - s_u).
+
+        ``cond``: a class label for every sample or one per sample ([B], 0..K-1; K is the null class). For other
+        condition types give ``null`` (the null condition) and any ``cond`` [B, ...] the network accepts. The result
+        is an ordinary (unconditional-signature) ``ScoreModel`` over ``GuidedNet``: every sampler, solver and the
+        likelihood use it unchanged; with w != 0 each evaluation is one batched network call on 2B rows.
+        ``rescale``: guidance rescale phi in [0, 1] (``sdeflow.conditioning.GuidedNet``; 0 = plain guidance).
+        ``interval`` (t_lo, t_hi): guide only at times t_lo <= t <= t_hi (a guidance interval, Kynkaanniemi et al.
+        2024; elsewhere w = 0), given in the SDE's time and mapped through the (monotone) time label.
+        """
+        from .conditioning import GuidedNet, check_guidance, check_labels
+
+        if self.num_classes is None:
+            raise ValueError(
+                "`cond` was given but the model is unconditional (num_classes=None); train with --conditional or "
+                "build ScoreModel(..., num_classes=K)."
+            )
+        w = check_guidance(guidance)
+        phi = check_float(rescale, "guidance_rescale", min=0, max=1)
+        if null is None:
+            cond = check_labels(cond, "cond", self.num_classes)
+            null = torch.tensor(self.num_classes, dtype=torch.int64)
+        elif not isinstance(cond, Tensor) or not isinstance(null, Tensor):
+            raise TypeError("With an explicit `null`, `cond` and `null` must be tensors of conditions.")
+        label_range = None
+        if interval is not None:
+            if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+                raise TypeError(f"`guidance_interval` must be a pair (t_lo, t_hi); got {interval!r}.")
+            lo = check_float(interval[0], "guidance_interval[0]", min=0, max=self.sde.T)
+            hi = check_float(interval[1], "guidance_interval[1]", min=lo, max=self.sde.T)
+            ends = torch.tensor([max(lo, self.t_min), max(hi, self.t_min)], dtype=torch.float64)
+            labs = self.time_label(ends).double()
+            label_range = (float(labs[0]), float(labs[1]))
+        guided = GuidedNet(self.net, cond, null, w, phi, label_range)
+        return ScoreModel(guided, self.sde, self.prediction, self.time_label, self.t_min)
 
     def _coefs(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
         t = batch_time(t, x).clamp(self.t_min, self.sde.T)
@@ -235,7 +294,10 @@ class ScoreModel(nn.Module):
         label = self.time_label(t)
         if label.is_floating_point():
             label = label.to(x.dtype)
-        out = self.net(x, label)
+        if self.num_classes is None:
+            out = self.net(x, label)
+        else:  # the unconditional output: every row gets the null class K
+            out = self.net(x, label, torch.full((x.shape[0],), self.num_classes, dtype=torch.int64, device=x.device))
         if out.shape != x.shape:
             raise ValueError(
                 f"The network returned shape {tuple(out.shape)} for input shape {tuple(x.shape)}; a score network "

@@ -1,12 +1,17 @@
 """The stages of ``sdeflow quickstart`` as library functions (the CLI calls them in order and prints).
 
-1. ``train_digits`` trains a compact UNet (VP SDE, eps prediction, DSM loss with sigma^2 weighting) on the 1500
-   training digits and writes the EMA checkpoint (loadable with ``sdeflow.load``);
+1. ``train_digits`` trains a compact class-conditional UNet (VP SDE, eps prediction, DSM loss with sigma^2 weighting,
+   the ten digit classes with condition dropout ``P_UNCOND``: the null class makes it the unconditional model too) on
+   the 1500 training digits and writes the EMA checkpoint (loadable with ``sdeflow.load``); everything unconditional
+   below uses the null class;
 2. ``evaluate_bits_per_dim`` evaluates test bits/dim through the probability-flow ODE (rtol = atol = 1e-5, Hutchinson
    divergence with ``PROBES`` Rademacher probes, ``DRAWS`` uniform dequantisation draws per image: the plain average
    and the importance-weighted bound, each with its standard error over test images) next to the exact bits/dim of a
    full-covariance Gaussian fitted to the same dequantised training data (``sdeflow.data.gaussian_bpd``);
 3. ``draw_samples`` samples with DDIM, DPM-Solver++(2M) and the adaptive dopri5 PF-ODE solver;
+   ``guided_samples`` samples every class with classifier-free guidance (DPM-Solver++(2M), 20 steps, w = 0 and
+   ``GUIDANCE``) and measures with a small CNN trained on the training digits (``sdeflow.classifier``) how many show
+   their class;
 4. ``save_figures`` writes the sample grids and the loss curve; ``build_report`` assembles report.json's content and
    ``summary_table`` the table the CLI prints. The ONNX stage is ``sdeflow.export.quickstart_export``.
 """
@@ -31,12 +36,15 @@ from .train import TrainConfig, TrainEvent, TrainResult, train
 
 __all__ = [
     "DRAWS", "PROBES", "TOL", "SAMPLERS", "check_out", "train_digits", "BitsPerDimReport", "evaluate_bits_per_dim",
-    "draw_samples", "save_figures", "build_report", "summary_table",
+    "draw_samples", "guided_samples", "save_figures", "build_report", "summary_table",
 ]
 
 # Likelihood settings. Probe noise biases the importance-weighted bound downwards (log-mean-exp of noisy log p), less
 # with more probes per draw: 4 probes keep it small at a quarter of the exact divergence's 64 VJPs per evaluation.
 DRAWS, PROBES, TOL = 4, 4, 1e-5
+# Classifier-free guidance: condition dropout in training and the guidance weight w of the class grid
+# (out = out_c + w (out_c - out_u), diffusers' guidance_scale = 1 + w; benchmarks/bench_guidance.py measures w).
+P_UNCOND, GUIDANCE, PER_CLASS = 0.2, 2.0, 10
 
 SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (  # label, sdeflow.sample keyword arguments
     ("DDIM, 50 steps", {"method": "ddim", "steps": 50}),
@@ -69,7 +77,7 @@ def train_digits(
     config = TrainConfig(
         data="digits", sde="vp", prediction="eps", loss="dsm", weighting="sigma2", steps=steps,
         batch_size=batch_size, lr=2e-3, warmup=50, lr_schedule="cosine", ema_decay=0.999,
-        eval_every=max(1, steps // 6), checkpoint_every=steps, seed=seed,
+        eval_every=max(1, steps // 6), checkpoint_every=steps, seed=seed, conditional=True, p_uncond=P_UNCOND,
     )
 
     def on_step(event: TrainEvent) -> None:
@@ -164,18 +172,54 @@ def draw_samples(
     return samples, rows
 
 
-def save_figures(out: Path, samples: dict[str, Tensor], test_set: Dataset, result: TrainResult) -> list[Path]:
-    """Stage 4: ``out/samples.png`` (one ``image_grid`` panel per sampler and one of test digits) and ``out/loss.png``
-    (training loss per step, its running mean and the EMA test loss)."""
+def guided_samples(
+    ckpt: checkpoint.Checkpoint, train_set: Dataset, test_set: Dataset, seed: int
+) -> tuple[Tensor, dict[str, Any]]:
+    """Stage 3b: ``PER_CLASS`` samples of every class at guidance w = 0 and ``GUIDANCE`` (DPM-Solver++(2M), 20 steps),
+    labelled by a small CNN trained on the training digits; the guided samples at ``GUIDANCE`` (one row per class)
+    and the ``conditional`` section of report.json."""
+    import time
+
+    from .classifier import accuracy, guided_accuracy, train_classifier
+
+    if test_set.labels is None:
+        raise ValueError(f"test_set must carry class labels; {test_set.name!r} has none.")
+    t0 = time.perf_counter()
+    clf = train_classifier(train_set, seed=seed)
+    clf_test = accuracy(clf, test_set.x, test_set.labels)
+    guided = guided_accuracy(ckpt.score_model, ckpt.sde, clf, (0.0, GUIDANCE), n_per_class=PER_CLASS, seed=seed,
+                             method="dpmsolver++", steps=20)
+    return guided.samples[GUIDANCE], {
+        "p_uncond": P_UNCOND, "sampler": "dpmsolver++, 20 steps", "samples_per_class": PER_CLASS,
+        "guided_accuracy": {str(w): a for w, a in guided.accuracy.items()},
+        "nfe": {str(w): v for w, v in guided.nfe.items()},
+        "classifier": "small CNN (sdeflow.classifier.train_classifier, 600 Adam steps on the dequantised "
+                      "training digits)", "classifier_test_accuracy": clf_test,
+        "guidance_convention": "out = out(x|c) + w (out(x|c) - out(x|none)); diffusers guidance_scale = 1 + w; "
+                               "one batched call on 2B rows = 1 NFE",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def save_figures(
+    out: Path, samples: dict[str, Tensor], test_set: Dataset, result: TrainResult, class_grid: Tensor | None = None
+) -> list[Path]:
+    """Stage 4: ``out/samples.png`` (one ``image_grid`` panel per sampler, the guided ``class_grid`` with one row per
+    class, and one of test digits) and ``out/loss.png`` (training loss per step, its running mean and the EMA test
+    loss)."""
     import numpy as np
 
     from .images import image_grid, new_figure, save_figure
 
     n = len(next(iter(samples.values())))
-    panels = {**samples, "test data (reference)": test_set.x[:n]}
+    panels: dict[str, tuple[Tensor, int | None]] = {k: (v, None) for k, v in samples.items()}
+    if class_grid is not None:
+        panels[f"classes 0-9 (rows), guidance w = {GUIDANCE:g}"] = (class_grid, PER_CLASS)
+    panels["test data (reference)"] = (test_set.x[:n], None)
     fig = new_figure(4.0 * len(panels), 4.4)
-    for ax, (label, x) in zip(fig.subplots(1, len(panels)), panels.items(), strict=True):
-        pixels = image_grid(x.cpu().numpy(), data_scale=test_set.scale, data_offset=test_set.offset, scale=1, border=1)
+    for ax, (label, (x, cols)) in zip(fig.subplots(1, len(panels)), panels.items(), strict=True):
+        pixels = image_grid(x.cpu().numpy(), data_scale=test_set.scale, data_offset=test_set.offset, scale=1, border=1,
+                            columns=cols)
         ax.imshow(pixels, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.axis("off")
@@ -243,5 +287,9 @@ def summary_table(report: dict[str, Any]) -> str:
     first = report["samplers"][0]
     lines.append(f"{'test data':<32}{'':>6}{'':>9}{'':>10}{first['test_pixel_mean']:>12.3f}"
                  f"{first['test_pixel_std']:>11.3f}")
+    c = report.get("conditional")
+    if c is not None:
+        lines += ["", f"class-conditional samples labelled by a CNN ({c['classifier_test_accuracy']:.1%} on test "
+                  "digits): " + ", ".join(f"w = {w}: {a:.1%}" for w, a in c["guided_accuracy"].items())]
     lines.append(f"\ntotal {report['total_seconds']:.0f} s")
     return "\n".join(lines)

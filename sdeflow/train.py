@@ -84,6 +84,11 @@ class TrainConfig:
     ``NOISE_LEVEL_LABEL_SCALE`` unless the model config sets it) or 't' (``ContinuousTime``, label t,
     ``label_scale`` 1000: the conditioning of checkpoints written before the option existed). 'ddpm' trains an
     integer-timestep network with the discrete DDPM loss on ``VPSDE().discrete(N)`` (needs sde 'vp', prediction 'eps').
+    ``conditional`` trains a class-conditional network (``num_classes`` = K, the data's classes 0..K-1, recorded in
+    the model config) with condition dropout: each training example's label is replaced by the null class K with
+    probability ``p_uncond`` (Ho & Salimans 2022), so one network gives both out(x | c) and out(x | none) for
+    classifier-free guidance (docs/math.md section 10). The data must carry labels (digits do; user .npz files
+    through 'labels' or 'train_labels' / 'test_labels').
     """
 
     data: str = "digits"
@@ -110,6 +115,8 @@ class TrainConfig:
     eval_size: int = 512
     checkpoint_every: int = 1000
     seed: int = 0
+    conditional: bool = False
+    p_uncond: float = 0.1
 
     def __post_init__(self) -> None:
         """Validate every field before anything runs (NumPy numbers are accepted and stored as Python numbers)."""
@@ -140,6 +147,9 @@ class TrainConfig:
         V.check_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         if not isinstance(self.importance_sampling, bool):
             raise V.bad_value("importance_sampling", "True or False", self.importance_sampling, error=TypeError)
+        if not isinstance(self.conditional, bool):
+            raise V.bad_value("conditional", "True or False", self.conditional, error=TypeError)
+        put("p_uncond", V.check_float(self.p_uncond, "p_uncond", min=0, max=1))
         for name in ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every"):
             put(name, V.check_int(getattr(self, name), name, min=1))
         put("N", V.check_int(self.N, "N", min=2))
@@ -194,8 +204,29 @@ class TrainResult:
     start_step: int = 0
 
 
-def _model_config(config: TrainConfig, data: Dataset) -> dict:
+def _num_classes(config: TrainConfig, data: Dataset, test: Dataset | None) -> int | None:
+    """K for a conditional run: the training data's classes 0..K-1 (test labels must lie among them)."""
+    if not config.conditional:
+        return None
+    if data.labels is None:
+        raise ValueError(
+            f"`conditional`=True needs class labels, but the data {config.data!r} has none. Use --data digits, or an "
+            ".npz with 'labels' (or 'train_labels' / 'test_labels') next to the data."
+        )
+    k = data.num_classes
+    if test is not None and test.labels is not None and int(test.labels.max()) >= k:
+        raise ValueError(f"The test labels of {config.data!r} reach {int(test.labels.max())}, but the training "
+                         f"labels define classes 0..{k - 1}; relabel the test split.")
+    if config.model is not None and config.model.get("num_classes", k) != k:
+        raise ValueError(f"`model` sets num_classes={config.model['num_classes']}, but the data has {k} classes; "
+                         "leave num_classes out (it is taken from the data).")
+    return k
+
+
+def _model_config(config: TrainConfig, data: Dataset, num_classes: int | None = None) -> dict:
     model = dict(config.model) if config.model is not None else default_model_config(data.sample_shape)
+    if num_classes is not None:
+        model["num_classes"] = num_classes
     if config.loss == "ddpm":
         model.setdefault("label_scale", 1.0)  # integer timesteps 0..N-1 are already on the sinusoid's scale
     elif config.conditioning == "noise_level":
@@ -211,7 +242,7 @@ def _build_net(model_config: dict, config: TrainConfig, data: Dataset, sde: SDE)
             net = build_model(model_config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"`model` {model_config} is not a valid network config: {err}") from None
-    probe = ScoreModel(net, sde, config.prediction, config.time_label())
+    probe = ScoreModel(net, sde, config.prediction, config.time_label(), num_classes=model_config.get("num_classes"))
     x = data.x[:2]
     try:
         with torch.no_grad():
@@ -276,7 +307,7 @@ def train(
     except ValueError:  # a user array without a test split: no test metrics
         test = None
     sde = make_sde(config.sde)
-    model_config = _model_config(config, data)
+    model_config = _model_config(config, data, _num_classes(config, data, test))
     net = _build_net(model_config, config, data, sde).to(device)
     args = (config, out, resume, callback, device, rank, world, data, test, sde, model_config, net)
     if out is not None and rank == 0:
@@ -308,8 +339,9 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
         ids = [device.index] if device.type == "cuda" else None
         train_net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
     time_label = config.time_label()
-    model = ScoreModel(train_net, sde, config.prediction, time_label)
-    ema_model = ScoreModel(ema, sde, config.prediction, time_label)
+    k = model_config.get("num_classes")
+    model = ScoreModel(train_net, sde, config.prediction, time_label, num_classes=k)
+    ema_model = ScoreModel(ema, sde, config.prediction, time_label, num_classes=k)
     loss_fn = DDPMLoss() if config.loss == "ddpm" else DSMLoss(config.weighting, config.importance_sampling, config.eps)
     writer = out is not None and rank == 0
 
@@ -332,12 +364,18 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
             x0 = data.dequantize(gen, idx)
             if isinstance(loss_fn, DDPMLoss):
                 tt = loss_fn.sample_timesteps(config.batch_size, config.N, gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device))
             else:
                 tt = loss_fn.sample_t(sde, config.batch_size, gen)
-                noise = torch.randn(x0.shape, generator=gen)
-                loss = loss_fn(model, x0[sl].to(device), t=tt[sl].to(device), noise=noise[sl].to(device))
+            noise = torch.randn(x0.shape, generator=gen)
+            cond = None
+            if k is not None:  # condition dropout: the null class K with probability p_uncond
+                drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
+                cond = torch.where(drop, k, data.labels[idx])[sl].to(device)
+            if isinstance(loss_fn, DDPMLoss):
+                loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device),
+                               cond=cond)
+            else:
+                loss = loss_fn(model, x0[sl].to(device), t=tt[sl].to(device), noise=noise[sl].to(device), cond=cond)
             loss = loss.mean()
             loss_value = loss.detach().clone()
             if world > 1:
@@ -415,15 +453,17 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     n = min(size, len(test))
     device = next(iter(model.net.parameters())).device if isinstance(model.net, nn.Module) else "cpu"
     x0 = test.dequantize(g, torch.arange(n)).to(device)
+    # a conditional model is scored on the test labels (the conditional loss), or unconditionally without them
+    cond = test.labels[:n].to(device) if model.num_classes is not None and test.labels is not None else None
     if isinstance(loss_fn, DDPMLoss):
         label = model.time_label
         assert isinstance(label, DDPMTimesteps)  # DDPMLoss is built with DDPMTimesteps (TrainConfig.time_label)
         tt = loss_fn.sample_timesteps(n, label.N, g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
-        return float(loss_fn(model, x0, timesteps=tt, noise=noise).mean())
+        return float(loss_fn(model, x0, timesteps=tt, noise=noise, cond=cond).mean())
     tt = loss_fn.sample_t(model.sde, n, g).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
-    return float(loss_fn(model, x0, t=tt, noise=noise).mean())
+    return float(loss_fn(model, x0, t=tt, noise=noise, cond=cond).mean())
 
 
 test_loss.__test__ = False  # pyright: ignore[reportFunctionMemberAccess]  (not a pytest test)

@@ -108,6 +108,8 @@ def load_state(out: Path, config: TrainConfig, net: nn.Module, ema: nn.Module, o
         raise ckpt.CheckpointError(f"Corrupt training state: {out / STATE_JSON} lacks keys; it was edited.")
     stored = {k: v for k, v in meta["config"].items() if k not in MAY_CHANGE}
     stored.setdefault("conditioning", "t")  # runs started before the option existed were conditioned on t
+    stored.setdefault("conditional", False)  # ... and before class conditions existed, unconditional
+    stored.setdefault("p_uncond", 0.1)
     now = {k: v for k, v in asdict(config).items() if k not in MAY_CHANGE}
     if json.loads(json.dumps(now)) != stored:
         diff = sorted(k for k in now if json.loads(json.dumps(now[k])) != stored.get(k))

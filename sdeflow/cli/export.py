@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "without a value: 5, 10, 20, 50 and --steps)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch parity check")
+    p.add_argument("--guided", action="store_true",
+                   help="class-conditional checkpoints: a guided graph with inputs class_labels and guidance (one file "
+                   "for every w; run it with sdeflow run-onnx --class 3 --guidance 2)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         set_alpha_to_one=args.set_alpha_to_one,
         dynamic_steps=args.dynamic_steps,
         verify=not args.no_verify,
+        guided=args.guided,
     )
     print(report.summary())
-    print(f"run it with: sdeflow run-onnx {report.path} --batch 16 --seed 0 --out samples.png")
+    guided = " --class 3 --guidance 2" if args.guided else ""
+    print(f"run it with: sdeflow run-onnx {report.path} --batch 16 --seed 0{guided} --out samples.png")
     return 0

@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "GaussianMixture.random(--oracle-dim, --oracle-components, seed --oracle-seed), or with --data gmm the "
         "mixture behind that data set",
     )
+    src.add_argument(
+        "--conditional", action="store_true",
+        help="class-conditional model: log p(x | c) of each example under its own label (the data's labels; the "
+        "oracle's components), with bits/dim per class in summary.json",
+    )
     src.add_argument("--oracle-dim", type=int, default=2, help="oracle dimension D (default 2)")
     src.add_argument("--oracle-components", type=int, default=4)
     src.add_argument("--oracle-seed", type=int, default=0)
@@ -77,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _source(args: argparse.Namespace):
-    """(sde, score model, data, prior_logp or None, description) from the arguments."""
+    """(sde, score model, data, prior_logp or None, prior for given labels or None, description)."""
     import torch
 
     from ..data import Dataset, gmm_oracle, load_dataset
@@ -95,7 +100,7 @@ def _source(args: argparse.Namespace):
 
         ckpt = load(args.checkpoint)
         data = checkpoint_dataset(ckpt, args.data, args.split, **scaling)
-        return ckpt.sde, ckpt.score_model, data, None, f"checkpoint {args.checkpoint}"
+        return ckpt.sde, ckpt.score_model, data, None, None, f"checkpoint {args.checkpoint}"
     sde = make_sde(args.sde)
     if args.data == "gmm":  # the built-in mixture data set: its own exact score
         gm, desc = gmm_oracle(), "oracle sdeflow.data.gmm_oracle()"
@@ -108,15 +113,19 @@ def _source(args: argparse.Namespace):
     if args.data:
         user = {k: v for k, v in scaling.items() if v is not None}
         data = load_dataset(args.data, args.split or ("test" if args.data in DATASETS else "train"), **user)
-    else:
-        x = gm.sample(args.limit or 1000, generator=torch.Generator().manual_seed(args.oracle_seed + 1))
-        data = Dataset("oracle", x, None, 1.0, 0.0, (gm.dim,))
+    else:  # samples of the oracle, labelled by their component (for --conditional)
+        x, comp = gm.sample_labelled(args.limit or 1000, generator=torch.Generator().manual_seed(args.oracle_seed + 1))
+        data = Dataset("oracle", x, None, 1.0, 0.0, (gm.dim,), labels=comp)
     if tuple(data.sample_shape) != (gm.dim,):
         raise ValueError(
             f"The oracle has dimension {gm.dim} but the data has samples of shape {data.sample_shape}; "
             "pass --oracle-dim to match."
         )
-    return sde, gm.score_model(sde), data, gm.prior_logp(sde) if args.prior == "oracle" else None, desc
+    exact_prior = args.prior == "oracle"
+    if args.conditional:
+        class_prior = (lambda labels: gm.prior_logp(sde, labels=labels)) if exact_prior else None
+        return sde, gm.conditional_score_model(sde), data, None, class_prior, desc
+    return sde, gm.score_model(sde), data, gm.prior_logp(sde) if exact_prior else None, None, desc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    sde, score, data, prior, desc = _source(args)
+    sde, score, data, prior, class_prior, desc = _source(args)
     net = getattr(score, "net", None)
     if args.dtype == "float64" and isinstance(net, torch.nn.Module):
         net.double()  # the network computes in the solver's dtype
@@ -145,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_dataset(
             sde, score, data, limit=args.limit, batch_size=args.batch_size, seed=args.seed, draws=args.draws,
             bound=args.bound, ctx=ctx, progress=bar, description=desc, split=args.split,
+            conditional=args.conditional, class_prior=class_prior,
             method=args.method, rtol=args.rtol, atol=args.atol, eps=args.eps, divergence=args.divergence,
             probes=args.probes, dtype=getattr(torch, args.dtype), time_variable=args.time_variable,
             max_steps=args.max_steps, prior_logp=prior, state_dtype=getattr(torch, args.state_dtype),
@@ -162,5 +172,8 @@ def run(args: argparse.Namespace) -> int:
     if result.discrete and args.draws > 1:
         print(f"bits/dim over {args.draws} draws: plain {s['mean_plain_bpd']:.4f}, importance-weighted "
               f"{s['mean_importance_bpd']:.4f} (reported as bpd: {args.bound})")
+    if args.conditional:
+        per = s[f"per_class_{key}"]
+        print(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

@@ -5,6 +5,8 @@ processes and gathered on rank 0; sample i uses seed + i, so the file equals a s
 
 sdeflow sample --checkpoint runs/digits --method dpmsolver++ --steps 20 --n 64 --seed 0 --out samples.npy
 sdeflow sample --oracle-dim 2 --method ddpm --steps 1000 --n 2000 --out gmm.png
+sdeflow sample --checkpoint runs/digits-cond --class 7 --guidance 2.0 --n 16 --out sevens.png
+sdeflow sample --checkpoint runs/digits-cond --class 0,1,2,3,4,5,6,7,8,9 --guidance 2 --n 100 --out grid.png
 --out writes what its extension says (sdeflow.images.save_samples): .npy / .npz arrays, .png / .pdf / .svg pictures.
 """
 
@@ -28,6 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampler_arguments(p)
     p.add_argument("--num-samples", "--n", dest="n", type=int, default=16, help="number of samples (--n for short)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--class", dest="classes", default=None,
+                   help="class-conditional models (and the oracle, whose classes are its components): one class for "
+                   "every sample (7), one per sample, or a list whose length divides --n (0,1,...,9: n/10 of each)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance weight w: out_c + w (out_c - out_u) (diffusers' guidance_scale = "
+                   "1 + w; default 0 = plain conditional)")
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="guidance rescale phi in [0, 1] (Lin et al. 2024; diffusers' guidance_rescale)")
+    p.add_argument("--guidance-interval", default=None, metavar="T_LO,T_HI",
+                   help="guide only while T_LO <= t <= T_HI (Kynkaanniemi et al. 2024), e.g. 0.1,0.7")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -79,8 +91,31 @@ def run(args: argparse.Namespace) -> int:
         gm = oracle = GaussianMixture.random(
             args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
         )
-        model, shape = gm.score_model(sde), (args.oracle_dim,)
+        model = gm.score_model(sde) if args.classes is None else gm.conditional_score_model(sde)
+        shape = (args.oracle_dim,)
         source = {"oracle": {"dim": args.oracle_dim, "components": args.oracle_components, "seed": args.oracle_seed}}
+    from ..conditioning import check_guidance, class_labels
+
+    cond = None if args.classes is None else class_labels(args.classes, args.n, model.num_classes, "--class")
+    for flag, value in (("--guidance", args.guidance), ("--guidance-rescale", args.guidance_rescale)):
+        if value is not None:
+            if cond is None:
+                raise ValueError(f"{flag} needs --class (the classes to guide towards), e.g. --class 7 --guidance 2.")
+            check_guidance(value, flag)
+    interval = None
+    if args.guidance_interval is not None:
+        if cond is None:
+            raise ValueError("--guidance-interval needs --class (the classes to guide towards).")
+        try:
+            interval = tuple(float(v) for v in args.guidance_interval.split(","))
+        except ValueError:
+            interval = ()
+        if len(interval) != 2:
+            raise ValueError(f"`--guidance-interval` must be two times T_LO,T_HI such as 0.1,0.7; got "
+                             f"{args.guidance_interval!r}.")
+        model.conditioned(cond, 1.0, interval=interval)  # checks the interval against the SDE before sampling
+    if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
+        raise ValueError(f"`--guidance-rescale` must be a number in [0, 1]; got {args.guidance_rescale}.")
     output_format(args.out, shape, name="--out")
     if args.trajectory is not None:
         output_format(args.trajectory, shape, name="--trajectory")
@@ -106,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
             eps=args.eps,
             set_alpha_to_one=args.set_alpha_to_one,
             device=ctx.device,
+            cond=cond,
+            guidance=args.guidance,
+            guidance_rescale=args.guidance_rescale,
+            guidance_interval=interval,
         )
         bar.close()
     finally:
@@ -123,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         "grid": None if grid is None else (grid if isinstance(grid, str) else grid.config()),
         "seed": args.seed,
         "sample_shape": list(shape),
+        "classes": None if cond is None else cond.tolist(),
+        "guidance": args.guidance,
+        "guidance_rescale": args.guidance_rescale,
+        "guidance_interval": None if interval is None else list(interval),
         **summary,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         **source,
@@ -144,6 +187,10 @@ def run(args: argparse.Namespace) -> int:
             eps=args.eps,
             set_alpha_to_one=args.set_alpha_to_one,
             device=ctx.device,
+            cond=None if cond is None else cond[: min(args.n, 8)],
+            guidance=args.guidance,
+            guidance_rescale=args.guidance_rescale,
+            guidance_interval=interval,
         )
         save_trajectory(args.trajectory, frames, data=source.get("data"))
         print(f"trajectory of {min(args.n, 8)} samples ({len(frames)} steps) -> {args.trajectory}")

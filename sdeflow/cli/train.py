@@ -3,6 +3,7 @@
     sdeflow train --data digits --sde vp --steps 2000 --out runs/digits
     sdeflow train --data digits --steps 4000 --out runs/digits --resume      # continue (same settings) to 4000
     sdeflow train --data digits --steps 2000 --out runs/digits --overwrite   # replace the run in runs/digits
+    sdeflow train --data digits --conditional --p-uncond 0.1 --out runs/digits-cond  # class-conditional
     torchrun --standalone --nproc_per_node 2 -m sdeflow train --data moons --steps 2000 --out runs/moons
 """
 
@@ -29,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weighting", default="sigma2", help="dsm weighting: sigma2 or likelihood (default: sigma2)")
     p.add_argument("--importance-sampling", action="store_true", help="with --weighting likelihood: sample t by weight")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional network (the data's labels; classifier-free guidance at sampling time)")
+    p.add_argument("--p-uncond", type=float, default=0.1,
+                   help="with --conditional: probability of training on the null class (default: 0.1)")
     p.add_argument("--model", default=None, help='network config as JSON, e.g. \'{"type": "unet", "channels": 32}\'')
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128)
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         weighting=args.weighting, importance_sampling=args.importance_sampling, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
         ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, conditional=args.conditional,
+        p_uncond=args.p_uncond,
     )
     from ..progress import Progress, ProgressBar
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "time_embedding"]
+__all__ = ["SinusoidalEmbedding", "FourierEmbedding", "time_embedding", "class_embedding", "class_conditioned"]
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -66,3 +66,27 @@ def time_embedding(kind: str, dim: int, label_scale: float) -> nn.Module:
     if kind == "fourier":
         return FourierEmbedding(dim, label_scale)
     raise ValueError(f"Invalid time_embedding {kind!r}. Must be one of {EMBEDDINGS}.")
+
+
+def class_embedding(num_classes: int | None, dim: int) -> tuple[int | None, nn.Module | None]:
+    """(K, an embedding table of K + 1 rows of size ``dim``: classes 0..K-1 and the null class K), or (None, None).
+
+    The table is the default condition embedding; any module mapping a condition [B, ...] to [B, dim] can replace
+    a network's ``cond_embed`` (docs: ``sdeflow.conditioning``)."""
+    if num_classes is None:
+        return None, None
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive integer or None; got {num_classes!r}.")
+    return int(num_classes), nn.Embedding(int(num_classes) + 1, dim)
+
+
+def class_conditioned(net: nn.Module, emb: Tensor, cond: Tensor | None) -> Tensor:
+    """emb + cond_embed(cond) for a conditional network (cond None = the null class K); ``emb`` for an unconditional
+    one, which refuses a condition."""
+    if net.cond_embed is None:
+        if cond is not None:
+            raise ValueError("This network is unconditional (num_classes=None) but received a condition `cond`.")
+        return emb
+    if cond is None:  # the null class's row, broadcast (no batch-size-dependent op: traces and exports cleanly)
+        return emb + net.cond_embed(torch.tensor([net.num_classes], device=emb.device)).to(emb.dtype)
+    return emb + net.cond_embed(cond).to(emb.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .embeddings import class_conditioned, class_embedding
 from .embeddings import time_embedding as make_time_embedding
 
 __all__ = ["MLP"]
@@ -32,6 +33,9 @@ class MLP(nn.Module):
         width, depth: hidden width and number of residual blocks.
         time_embedding: 'sinusoidal' or 'fourier'; ``emb_dim`` its size; ``label_scale`` multiplies the label
             (1000 for continuous t in [0, 1], 1 for DDPM timesteps).
+        num_classes: K for a class-conditional network ``net(x, label, cond)``: the embedding of the class
+            cond in 0..K (K = no label, also used when cond is None) is added to the time embedding
+            (``sdeflow.conditioning``). None: unconditional.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class MLP(nn.Module):
         emb_dim: int = 64,
         time_embedding: str = "sinusoidal",
         label_scale: float = 1000.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("dim", dim), ("width", width), ("depth", depth)):
@@ -53,6 +58,7 @@ class MLP(nn.Module):
             nn.Linear(emb_dim, emb_dim),
             nn.SiLU(),
         )
+        self.num_classes, self.cond_embed = class_embedding(num_classes, emb_dim)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList([_Block(width, emb_dim) for _ in range(depth)])
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, dim))
@@ -61,8 +67,8 @@ class MLP(nn.Module):
         # that start in the prior's tails then run away.
         self.skip = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, label: Tensor) -> Tensor:
-        emb = self.embed(label)
+    def forward(self, x: Tensor, label: Tensor, cond: Tensor | None = None) -> Tensor:
+        emb = class_conditioned(self, self.embed(label), cond)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .embeddings import class_conditioned, class_embedding
 from .embeddings import time_embedding as make_time_embedding
 
 __all__ = ["UNet"]
@@ -47,7 +48,7 @@ class _ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """net(x [B, C, H, W], label [B]) -> [B, C, H, W].
+    """net(x [B, C, H, W], label [B], cond [B] (class-conditional only)) -> [B, C, H, W].
 
     Args:
         image_size: H = W of the images (the stored sample shape is (in_channels, image_size, image_size)).
@@ -57,6 +58,9 @@ class UNet(nn.Module):
         num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
         time_embedding: 'sinusoidal' or 'fourier'; ``label_scale`` multiplies the label (1000 for continuous t).
         dropout: dropout rate inside residual blocks.
+        num_classes: K for a class-conditional network ``net(x, label, cond)``: the embedding of the class
+            cond in 0..K (K = no label, also used when cond is None) is added to the time embedding
+            (``sdeflow.conditioning``). None: unconditional.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class UNet(nn.Module):
         time_embedding: str = "sinusoidal",
         label_scale: float = 1000.0,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         mults = tuple(int(m) for m in mults)
@@ -87,6 +92,7 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),
         )
+        self.num_classes, self.cond_embed = class_embedding(num_classes, emb_dim)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [channels]
@@ -114,8 +120,8 @@ class UNet(nn.Module):
             nn.init.zeros_(last.bias)
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), last)
 
-    def forward(self, x: Tensor, label: Tensor) -> Tensor:
-        emb = self.embed(label)
+    def forward(self, x: Tensor, label: Tensor, cond: Tensor | None = None) -> Tensor:
+        emb = class_conditioned(self, self.embed(label), cond)
         h = self.inp(x)
         hs = [h]
         for layer in self.down:

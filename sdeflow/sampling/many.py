@@ -33,13 +33,16 @@ def sample_many(
     seed: int = 0,
     ctx: D.DistContext | None = None,
     progress: Callable[[Progress], None] | None = None,
+    cond: Tensor | int | None = None,
     **sample_kwargs: Any,
 ) -> tuple[Tensor | None, dict]:
     """Draw samples 0..n-1 (seed + i each) in chunks of ``batch_size``: this rank's chunks, gathered on rank 0.
 
     Returns (samples [n, *sample_shape] on rank 0, None elsewhere; a summary with ``nfe`` (all chunks), the status and
     the world size). ``sample_kwargs`` go to ``sdeflow.sample`` (sampler, steps, grid, options...).
-    ``progress`` gets ``Progress('sample', chunks done, chunks)`` (this rank's chunks)."""
+    ``progress`` gets ``Progress('sample', chunks done, chunks)`` (this rank's chunks). ``cond``: the class of every
+    sample or one per sample ([n]; ``sdeflow.conditioning.class_labels``), sliced with the chunks (``guidance`` goes
+    to ``sample``)."""
     for name, value in (("n", n), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
@@ -51,7 +54,9 @@ def sample_many(
     parts: list[tuple[int, Tensor, int, str]] = []
     for j, c in enumerate(mine):
         lo, hi = c * batch_size, min(n, (c + 1) * batch_size)
-        r = sample(model, sde, shape=(hi - lo, *sample_shape), seed=[seed + i for i in range(lo, hi)], **sample_kwargs)
+        part = cond[lo:hi] if isinstance(cond, Tensor) and cond.ndim == 1 else cond
+        r = sample(model, sde, shape=(hi - lo, *sample_shape), seed=[seed + i for i in range(lo, hi)], cond=part,
+                   **sample_kwargs)
         parts.append((c, r.samples.cpu(), r.nfe, r.status))
         if progress is not None:
             progress(Progress("sample", j + 1, len(mine)))
