@@ -210,7 +210,7 @@ class ScoreModel(nn.Module):
 
     def __init__(
         self,
-        net: Callable[[Tensor, Tensor], Tensor],
+        net: Callable[..., Tensor],  # net(x, label), or net(x, label, cond) with num_classes
         sde: SDE,
         prediction: Prediction = "eps",
         time_label: TimeLabel | None = None,

@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import _validate as V
 from . import checkpoint as ckpt
@@ -214,6 +214,7 @@ def _num_classes(config: TrainConfig, data: Dataset, test: Dataset | None) -> in
             ".npz with 'labels' (or 'train_labels' / 'test_labels') next to the data."
         )
     k = data.num_classes
+    assert k is not None  # the data has labels (checked above)
     if test is not None and test.labels is not None and int(test.labels.max()) >= k:
         raise ValueError(f"The test labels of {config.data!r} reach {int(test.labels.max())}, but the training "
                          f"labels define classes 0..{k - 1}; relabel the test split.")
@@ -370,7 +371,8 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
             cond = None
             if k is not None:  # condition dropout: the null class K with probability p_uncond
                 drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
-                cond = torch.where(drop, k, data.labels[idx])[sl].to(device)
+                labels = cast(Tensor, data.labels)  # k is set for labelled data only
+                cond = torch.where(drop, k, labels[idx])[sl].to(device)
             if isinstance(loss_fn, DDPMLoss):
                 loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device),
                                cond=cond)
