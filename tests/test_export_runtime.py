@@ -195,3 +195,18 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
     assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
     assert out["best_onnx_error"] == pytest.approx(best["error"], rel=1e-3)
     assert set(out["batches"]) == {"1", "4"} and all(v["speedup"] > 0 for v in out["batches"].values())
+
+
+def test_auto_providers_leave_the_global_log_level_alone(mlp_onnx, monkeypatch):
+    """The 'auto' CUDA attempt quiets its own session only: onnxruntime's process-wide logger has no getter, so a
+    library that changed it could not give the user's level back."""
+    import onnxruntime as ort
+
+    def refuse(level):
+        raise AssertionError(f"set_default_logger_severity({level}) called")
+
+    monkeypatch.setattr(ort, "set_default_logger_severity", refuse)
+    monkeypatch.setattr(rt, "_wanted_providers", lambda p: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    runner = OnnxSampler(mlp_onnx.path)  # CUDA is tried (and on a CPU-only machine falls back)
+    assert runner.providers[-1] == "CPUExecutionProvider"
+    assert np.isfinite(runner.sample(2, seed=0)).all()

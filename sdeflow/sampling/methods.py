@@ -74,9 +74,6 @@ class Sampler:
         (``ODESolver`` has a field called ``options``: torchdiffeq's options dict)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
-    # The name export/ still calls (until its next change uses config()); ODESolver's `options` field shadows it there.
-    options = config
-
     def is_deterministic(self) -> bool:
         """True when the sampler draws no noise."""
         return self.deterministic
