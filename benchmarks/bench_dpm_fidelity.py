@@ -85,7 +85,7 @@ def case(seed: int, dim: int, n: int):
     g = torch.Generator().manual_seed(seed)
     gm = GaussianMixture.random(dim, 4, generator=g)
     model = gm.score_model(SDE)
-    x_T = torch.randn(n, dim, generator=g, dtype=torch.float64)  # noqa: N806
+    x_T = torch.randn(n, dim, generator=g, dtype=torch.float64)
     return model, x_T
 
 
@@ -93,7 +93,7 @@ def main() -> int:
     print("1. max |sdeflow - transcription| over 3 mixtures (D = 2, 16, 64), 64 trajectories:")
     worst = {"ddim": 0.0, "dpmsolver++": 0.0}
     for i, dim in ((0, 2), (3, 16), (5, 64)):
-        model, x_T = case(100 + i, dim, 64)  # noqa: N806
+        model, x_T = case(100 + i, dim, 64)
         for kind in ("uniform", "quadratic", "logsnr"):
             for steps in (5, 10, 20):
                 ts = grid(kind, steps)
@@ -110,7 +110,7 @@ def main() -> int:
     ratios: dict[str, list[float]] = {}
     for seed in range(200, 224):
         dim = dims[seed % 6]
-        model, x_T = case(seed, dim, 1024)  # noqa: N806
+        model, x_T = case(seed, dim, 1024)
         ref = sample(model, SDE, x_T, method="ode", solver="dopri5", eps=EPS, rtol=1e-10, atol=1e-10).samples
         line = f"   seed {seed} D={dim:>2}:"
         for steps in (10, 20):

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sdeflow import DDPMTimesteps, load
 from sdeflow.export import OnnxSampler, export_sampler
 from sdeflow.export.quickstart import CANDIDATES, time_to_quality
 from sdeflow.export.verify import relative_error
-
-from sdeflow import DDPMTimesteps, load
 from sdeflow.sampling import DDIM, make_sampler, sample
 
 
@@ -54,7 +54,7 @@ def _timeit(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _eager(model, x: torch.Tensor, sampler, steps: int) -> np.ndarray:  # noqa: ANN001
+def _eager(model, x: torch.Tensor, sampler, steps: int) -> np.ndarray:
     with torch.no_grad():
         return sample(model, model.sde, x, sampler=sampler, steps=steps).samples.numpy()
 
@@ -91,7 +91,7 @@ def wall_times(model, shape, samplers: dict, steps: list[int], batches: list[int
     return rows
 
 
-def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:  # noqa: ANN001
+def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:
     """x_T of seeds 0..b-1 (the documented per-sample generator)."""
     from sdeflow.export.runtime import draw_inputs
 
@@ -101,7 +101,6 @@ def _draw(model, shape: tuple[int, ...], b: int) -> np.ndarray:  # noqa: ANN001
 def bench_cuda(model, shape, s_best: int, best, batches: list[int], repeats: int, tmp: Path) -> list:
     """CUDA EP (I/O binding; CUDA graphs) vs PyTorch eager and a PyTorch CUDA graph of the same plan."""
     from sdeflow.export.graph import PlanModule
-
     from sdeflow.sampling import compile_plan, make_grid, network_labels
 
     rows = []

@@ -113,7 +113,7 @@ def trained_betas() -> list[float]:
     return (1 - abar / prev).tolist()
 
 
-def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tensor, nfe: int) -> torch.Tensor:  # noqa: N803
+def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tensor, nfe: int) -> torch.Tensor:
     import diffusers
 
     sch = getattr(diffusers, cls_name)(num_train_timesteps=N_TRAIN, trained_betas=trained_betas(), **kw, **grid_kw)
@@ -136,7 +136,7 @@ def run_diffusers(cls_name: str, kw: dict, grid_kw: dict, model, x_T: torch.Tens
 
 def run_problem(
     model,
-    x_T: torch.Tensor,  # noqa: N803
+    x_T: torch.Tensor,
     x_cal: torch.Tensor,
     ref: torch.Tensor,
     err: dict,
@@ -283,7 +283,7 @@ def mixtures() -> tuple[str, bool, list]:
     for i, dim in enumerate(DIMS):
         gm = GaussianMixture.random(dim, 4, generator=torch.Generator().manual_seed(100 + i))
         model = gm.score_model(SDE)
-        x_T = torch.randn(N_HELD, dim, generator=torch.Generator().manual_seed(1000 + i), dtype=torch.float64)  # noqa: N806
+        x_T = torch.randn(N_HELD, dim, generator=torch.Generator().manual_seed(1000 + i), dtype=torch.float64)
         x_cal = torch.randn(N_CAL, dim, generator=torch.Generator().manual_seed(2000 + i), dtype=torch.float64)
         ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-10, atol=1e-10), eps=EPS).samples
         run_problem(model, x_T, x_cal, ref, err, cal, rtol=1e-10, candidates=128)
@@ -300,7 +300,7 @@ def quickstart(path: Path) -> str:
     if ckpt.sde.config() != SDE.config():
         raise ValueError(f"the quickstart benchmark assumes {SDE!r}; the checkpoint has {ckpt.sde!r}")
     model, shape = ckpt.score_model, tuple(ckpt.sample_shape)
-    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(3000))  # noqa: N806
+    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(3000))
     x_cal = torch.randn(32, *shape, generator=torch.Generator().manual_seed(4000))
     ref = sample(model, SDE, x_T, sampler=ODESolver("dopri5", rtol=1e-7, atol=1e-7), eps=EPS).samples
     err: dict = {}

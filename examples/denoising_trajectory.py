@@ -40,7 +40,7 @@ def main() -> None:
     times = sde.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), args.frames, dtype=torch.float64))
     times[0], times[-1] = sde.T, eps
     times = times.float()
-    x_T = sde.prior_sampling((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))  # noqa: N806
+    x_T = sde.prior_sampling((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))
     with torch.no_grad():
         xs = odeint(sdeflow.ProbabilityFlowODE(sde, model), x_T, times, method="dopri5", rtol=1e-4, atol=1e-4)
         frames = [model.x0(x, t) for x, t in zip(xs, times, strict=True)]

@@ -23,9 +23,9 @@ import numpy as np
 def export_step(checkpoint: str | None, out: Path, steps: int, eta: float) -> Path:
     """1. Export (needs torch and sdeflow). Returns the .onnx path."""
     import torch
-    from sdeflow.export import export_ddim
 
     from sdeflow import VPSDE, ScoreModel
+    from sdeflow.export import export_ddim
     from sdeflow.models import MLP
 
     if checkpoint is not None:
@@ -38,7 +38,7 @@ def export_step(checkpoint: str | None, out: Path, steps: int, eta: float) -> Pa
     return report.path
 
 
-def load_runtime(path: Path):  # noqa: ANN201 - a module
+def load_runtime(path: Path):
     """The torch-free runner, loaded by file path (register it in sys.modules before executing it)."""
     spec = importlib.util.spec_from_file_location("ddim_runtime", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)

@@ -12,7 +12,12 @@ parent package ``sdeflow`` imports torch).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names __getattr__ resolves lazily, for type checkers
+    from .onnx_export import ExportReport, OnnxExportError, export_ddim, export_sampler
+    from .quickstart import quickstart_export
+    from .runtime import GraphInfo, NonFiniteOutputError, OnnxSampler
 
 __all__ = [
     "export_sampler",

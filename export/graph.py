@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..sampling.plan import Plan, run_plan
+from sdeflow.sampling.plan import Plan, run_plan
 
 __all__ = ["NetCall", "GuidedCall", "PlanModule", "ScanStep"]
 
@@ -71,10 +71,11 @@ class PlanModule(nn.Module):
         self.plan = plan
         self.labels = labels
 
-    def forward(self, x_T: Tensor, noise: Tensor | None = None) -> Tensor:  # noqa: N803
+    def forward(self, x_T: Tensor, noise: Tensor | None = None) -> Tensor:
         draws = iter(range(self.plan.noise_draws))
 
         def next_noise() -> Tensor:  # the exporter passes ``noise`` exactly when the plan draws
+            assert noise is not None  # the exporter passes noise exactly when the plan draws
             return noise[next(draws)]
 
         return run_plan(self.plan, lambda x, i: self.call(x, self.labels[i]), x_T, next_noise)
@@ -114,5 +115,6 @@ class ScanStep(nn.Module):
         scale = (1,) * x.dim()
         both = both + coef[:, 0].reshape((2, *scale)) * x[None]
         if self.stochastic:
+            assert z is not None  # a stochastic step is always given its noise
             both = both + coef[:, 2 * w + 1].reshape((2, *scale)) * z[None]
         return both[0], both[1], outs_new, ins_new

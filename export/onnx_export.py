@@ -24,10 +24,11 @@ import numpy as np
 import onnx
 import torch
 
-from ..parametrization import DDPMTimesteps, ScoreModel
-from ..sampling import DDIM, GridSampler, Times, Timesteps, compile_plan, load_grid, network_labels
-from ..sampling.names import make_grid, make_sampler
-from ..sampling.plan import Plan
+from sdeflow.parametrization import DDPMTimesteps, ScoreModel
+from sdeflow.sampling import DDIM, GridSampler, Times, Timesteps, compile_plan, load_grid, network_labels
+from sdeflow.sampling.names import make_grid, make_sampler
+from sdeflow.sampling.plan import Plan
+
 from .graph import GuidedCall, NetCall, PlanModule, ScanStep
 from .onnx_graphs import ScanTables, has_subgraphs, scan_graph, scan_tables, unrolled_graph
 from .runtime import FORMAT, OnnxSampler
@@ -94,7 +95,7 @@ def _resolve(model: Any, sample_shape: Sequence[int] | None) -> tuple[ScoreModel
     """(score model, sample shape, data info) from a ScoreModel, a Checkpoint or a checkpoint folder."""
     data_info = None
     if isinstance(model, (str, Path)):
-        from ..checkpoint import load
+        from sdeflow.checkpoint import load
 
         model = load(model)
     if hasattr(model, "score_model") and hasattr(model, "sample_shape"):  # an sdeflow Checkpoint
@@ -264,7 +265,7 @@ def export_sampler(
         report = ExportReport(
             path=path,
             sampler=smp.name,
-            options=smp.options(),
+            options=smp.config(),
             grid=gobj.config(),
             steps=steps,
             nfe=plan.nfe,
@@ -285,7 +286,8 @@ def export_sampler(
         if strict and not (report.verified if verify else checker_ok and shapes_ok):
             hint = f" Tracer warnings: {'; '.join(report.tracer_warnings)}." if report.tracer_warnings else ""
             if verify and checker_ok and shapes_ok and all(np.isfinite(e) for e in errors.values()):
-                floor = float32_floor(score_model, runner, spec, steps, int(batch_sizes[0]), seed)
+                bound_runner = runner  # pyright: ignore[reportPossiblyUnboundVariable]  (bound whenever verify)
+                floor = float32_floor(score_model, bound_runner, spec, steps, int(batch_sizes[0]), seed)
                 if np.isfinite(floor):
                     hint += (
                         f" For scale: sdeflow.sample itself differs from its own float64 run by {floor:.1e} here "
@@ -359,7 +361,8 @@ def _build(
     if model.num_classes is not None and not guided:  # a conditional network exported unconditionally: null class
         net = model.conditioned(model.num_classes).net
     if guided:
-        k = int(model.num_classes)
+        k = model.num_classes
+        assert k is not None  # guided export is refused for unconditional models before this point
         args = (x, label0, torch.tensor([0, k - 1], dtype=torch.int64), torch.tensor(2.0))
         with frozen(net):
             call, tracer = trace(
@@ -374,7 +377,7 @@ def _build(
         try:
             with torch.no_grad():
                 out = net(x, label0.reshape(1).expand(2))
-        except Exception as err:  # noqa: BLE001 - the user's network failed on a plain call
+        except Exception as err:
             raise OnnxExportError(
                 f"The network failed on a probe batch x {tuple(x.shape)} with labels of dtype {label0.dtype}: "
                 f"{type(err).__name__}: {err}"
@@ -423,7 +426,7 @@ def _set_metadata(
     data_info: dict | None,
     guided: bool = False,
 ) -> None:
-    from .. import __version__
+    from sdeflow import __version__
 
     k = plan.noise_draws
     if tables is None:
@@ -442,7 +445,7 @@ def _set_metadata(
         "sdeflow.format": FORMAT,
         "sdeflow.version": __version__,
         "sdeflow.sampler": smp.name,
-        "sdeflow.sampler_options": json.dumps(smp.options()),
+        "sdeflow.sampler_options": json.dumps(smp.config()),
         "sdeflow.grid": json.dumps(gobj.config()),
         "sdeflow.steps": str(plan.steps),
         "sdeflow.nfe": str(plan.nfe),
@@ -476,7 +479,7 @@ def _set_metadata(
     if data_info:
         props["sdeflow.data"] = json.dumps(data_info)
     if guided:
-        props["sdeflow.num_classes"] = str(int(model.num_classes))
+        props["sdeflow.num_classes"] = str(model.num_classes)
     onnx.helper.set_model_props(proto, props)
     proto.producer_name = "sdeflow"
 

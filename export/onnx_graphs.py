@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..sampling.plan import STATE, Eval, Key, Langevin, Plan, Update
+from sdeflow.sampling.plan import STATE, Eval, Key, Langevin, Plan, Update
 
 __all__ = ["unrolled_graph", "scan_graph", "scan_tables", "ScanTables", "has_subgraphs"]
 

@@ -7,17 +7,19 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..parametrization import DDPMTimesteps, ScoreModel
-from ..sampling import (
+from sdeflow.parametrization import DDPMTimesteps, ScoreModel
+from sdeflow.sampling import (
     DDIM,
     DEIS,
     IPNDM,
     DPMSolverPP,
     GridSampler,
     ODESolver,
+    Sampler,
     Times,
     UniPC,
     calibration_reference,
@@ -27,6 +29,7 @@ from ..sampling import (
     save_grid,
     tune_grid,
 )
+
 from .onnx_export import export_sampler
 from .runtime import OnnxSampler, draw_inputs
 from .verify import SamplerSpec, relative_error
@@ -70,13 +73,13 @@ def quickstart_export(
     also ``time_to_quality``: the best of three exported multistep samplers (default grids) against PyTorch eager
     DDIM-50 at batch 1 and 64.
     """
-    from ..checkpoint import load
+    from sdeflow.checkpoint import load
 
     ckpt = load(checkpoint_dir)
     grid = make_grid(None, DDIM(), isinstance(ckpt.score_model.time_label, DDPMTimesteps))  # sample()'s default
     report = export_sampler(ckpt, Path(out_dir) / "model.onnx", sampler=DDIM(), steps=steps, grid=grid, seed=seed)
     runner = OnnxSampler(report.path, threads=1)
-    x_T, _ = runner.draw(batch, seed, steps)  # noqa: N806
+    x_T, _ = runner.draw(batch, seed, steps)
     x_t = torch.from_numpy(x_T)
     spec = SamplerSpec(DDIM(), grid, 1e-3, None)
 
@@ -168,7 +171,7 @@ def time_to_quality(
     torch.set_num_threads(1)
     try:
 
-        def run(smp: object, steps: int = 50, xb: torch.Tensor = x, grid: Times | None = None) -> torch.Tensor:
+        def run(smp: Sampler, steps: int = 50, xb: torch.Tensor = x, grid: Times | None = None) -> torch.Tensor:
             with torch.no_grad():
                 return sample(model, model.sde, xb, sampler=smp, steps=steps, grid=grid).samples
 
@@ -188,6 +191,7 @@ def time_to_quality(
                     break
             else:
                 say(f"  {label}: not within S <= {max_steps}")
+        calib = None
         if tune:  # sdeflow.tune_grid (GITS dynamic programming + compass search) on separate calibration x_T
             x_cal = torch.from_numpy(
                 draw_inputs([seed + 1000 + i for i in range(32)], sample_shape, model.sde.prior_std, 0)[0]
@@ -197,6 +201,7 @@ def time_to_quality(
             smp = candidates[label]
             upto = reached.get(label, {"steps": max_steps + 1})["steps"]
             for s in range(max(2, upto // 2), upto):
+                assert calib is not None  # computed above whenever tune is non-empty
                 tuned = tune_grid(model, model.sde, smp, s, reference=calib, max_evals=150)
                 err = relative_error(run(smp, tuned.steps, grid=tuned.grid).numpy(), ref)
                 if err <= target:
@@ -210,7 +215,7 @@ def time_to_quality(
         best = min(reached, key=lambda k: (reached[k]["nfe"], "tuned" not in k))
         smp, steps = candidates[best.split(", tuned")[0]], reached[best]["steps"]
         # rtol 1e-4: a few-step high-order sampler can amplify float32 rounding past 1e-5 (ExportReport.parity)
-        args = dict(
+        args: dict[str, Any] = dict(
             steps=steps, sample_shape=sample_shape, rtol=1e-4, batch_sizes=(1, 7), grid=reached[best].get("grid")
         )
         report = export_sampler(model, Path(out_dir) / "best.onnx", smp, **args)
@@ -231,7 +236,7 @@ def time_to_quality(
         }
         for b in batches:
             xb = x[:b].contiguous()
-            fns = {"torch": lambda xb=xb: run(DDIM(), 50, xb)}
+            fns: dict[str, Callable[[], object]] = {"torch": lambda xb=xb: run(DDIM(), 50, xb)}
             fns.update({f: (lambda xb=xb, r=r: r.run(xb.numpy())) for f, r in runners.items()})
             med = _interleaved(fns, repeats)
             form = min(runners, key=lambda f: med[f])  # the faster graph form at this batch size

@@ -74,7 +74,7 @@ def draw_inputs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """x_T [B, ...] and noise [K, B, ...] (None when K = 0) for the per-sample seeds (module docstring)."""
     b = len(seeds)
-    x_T = np.empty((b, *sample_shape), np.float32)  # noqa: N806
+    x_T = np.empty((b, *sample_shape), np.float32)
     noise = np.empty((noise_draws, b, *sample_shape), np.float32) if noise_draws > 0 else None
     std = np.float32(prior_std)
     for i, s in enumerate(seeds):
@@ -399,15 +399,17 @@ class OnnxSampler:
         if self._providers[0] != "CUDAExecutionProvider" or not self._auto:
             return ort.InferenceSession(self._model, opts, providers=self._providers, provider_options=options)
         # A CUDA EP that passed the library probe can still fail to start (no device): onnxruntime logs an error
-        # and falls back to the CPU. With providers='auto' keep that quiet; session.get_providers() tells.
-        ort.set_default_logger_severity(4)
+        # and falls back to the CPU. With providers='auto' keep that quiet through this session's own log level;
+        # session.get_providers() tells. The process-wide default logger is left alone: onnxruntime has no getter,
+        # so a changed level could not be given back to whoever set it.
+        level = opts.log_severity_level
+        opts.log_severity_level = 4
         try:
             return ort.InferenceSession(self._model, opts, providers=self._providers)
-        except Exception:  # noqa: BLE001 - any CUDA start-up failure means "use the CPU"
+        except Exception:
             self._providers = ["CPUExecutionProvider"]
+            opts.log_severity_level = level
             return ort.InferenceSession(self._model, opts, providers=self._providers)
-        finally:
-            ort.set_default_logger_severity(2)
 
     def _check(self, name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
         if not isinstance(value, np.ndarray):
@@ -448,7 +450,7 @@ class OnnxSampler:
 
     def run(
         self,
-        x_T: np.ndarray,  # noqa: N803
+        x_T: np.ndarray,
         noise: np.ndarray | None = None,
         steps: int | None = None,
         allow_nonfinite: bool = False,
@@ -489,6 +491,7 @@ class OnnxSampler:
                 rows = np.zeros((table.labels.shape[0], b, *info.sample_shape), np.float32)
                 drawn = table.noise_index >= 0
                 if drawn.any():
+                    assert noise is not None  # checked above: a graph that draws is given its noise
                     rows[drawn] = noise[table.noise_index[drawn]]
                 feeds["noise_rows"] = rows
         elif noise is not None:
@@ -531,7 +534,7 @@ class OnnxSampler:
     def _execute(self, b: int, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self._session(b)
         if self.device != "cuda":
-            return session.run(["x_0"], feeds)[0]
+            return np.asarray(session.run(["x_0"], feeds)[0])
         if not self._cuda_graph:
             binding = session.io_binding()
             for name, value in feeds.items():
@@ -569,7 +572,7 @@ class OnnxSampler:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
         s = self._steps(steps)
-        x_T, noise = self.draw(int(batch_size), seed, s)  # noqa: N806
+        x_T, noise = self.draw(int(batch_size), seed, s)
         return self.run(x_T, noise, s, class_labels=class_labels, guidance=guidance)
 
     def draw(self, batch_size: int, seed: int, steps: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:

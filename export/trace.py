@@ -86,7 +86,7 @@ def broadcasts_label(net: Any, shape: tuple[int, ...], label: torch.Tensor) -> b
         full = net(x, label.reshape(1).expand(3))
         try:
             one = net(x, label.reshape(1))
-        except Exception:  # noqa: BLE001 - any failure means "does not broadcast"
+        except Exception:
             return False
     return isinstance(one, torch.Tensor) and one.shape == full.shape and torch.allclose(one, full, rtol=1e-5, atol=1e-6)
 
@@ -112,7 +112,7 @@ def trace(
                 torch.onnx.export(
                     module,
                     args,
-                    buf,
+                    buf,  # pyright: ignore[reportArgumentType]  (torch.onnx.export writes to a file object too)
                     input_names=names,
                     output_names=outputs,
                     dynamic_axes=dynamic,
@@ -120,7 +120,7 @@ def trace(
                     do_constant_folding=True,
                     dynamo=False,
                 )
-        except Exception as err:  # noqa: BLE001 - torch raises many types; all mean "not exportable"
+        except Exception as err:
             msg = str(err).splitlines()[0][:400] if str(err) else ""
             if "requires grad" in msg:
                 raise OnnxExportError(
@@ -136,7 +136,7 @@ def trace(
     torch_dir = str(Path(torch.__file__).parent)  # torch's own shape checks (e.g. group_norm's) are benign
     kept: list[str] = []
     for w in caught:
-        if not issubclass(w.category, torch.jit.TracerWarning):
+        if not issubclass(w.category, torch.jit.TracerWarning):  # pyright: ignore[reportPrivateImportUsage]
             continue
         where = f"{w.filename}:{w.lineno}"
         text = str(w.message).splitlines()[0].split(" might ")[0]
@@ -162,6 +162,6 @@ def check_model(model: onnx.ModelProto) -> tuple[bool, bool]:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         shapes_ok = True
-    except Exception:  # noqa: BLE001 - onnx raises InferenceError and friends
+    except Exception:
         shapes_ok = False
     return checker_ok, shapes_ok

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..parametrization import ScoreModel
-from ..sampling import Grid, GridSampler, sample
+from sdeflow.parametrization import ScoreModel
+from sdeflow.sampling import Grid, GridSampler, sample
+
 from .runtime import OnnxSampler
 
 __all__ = ["SamplerSpec", "parity", "relative_error", "float32_floor"]
@@ -37,7 +38,7 @@ class SamplerSpec:
         model: ScoreModel,
         steps: int,
         x_T: torch.Tensor,
-        noise: torch.Tensor | None,  # noqa: N803
+        noise: torch.Tensor | None,
         cond: torch.Tensor | None = None,
         guidance: float | None = None,
     ) -> torch.Tensor:
@@ -75,7 +76,7 @@ def parity(
     errors: dict[int, float] = {}
     k = runner.info.num_classes
     for b in batch_sizes:
-        x_T, noise = runner.draw(int(b), seed, steps)  # noqa: N806
+        x_T, noise = runner.draw(int(b), seed, steps)
         z = None if noise is None else torch.from_numpy(noise)
         if k is None:
             ref = spec.reference(model, steps, torch.from_numpy(x_T), z)
@@ -95,7 +96,7 @@ def float32_floor(
     much this sampler and grid amplify float32 rounding. Two float32 implementations (PyTorch's fused a + c b and
     onnxruntime's Mul then Add, say) cannot be expected to agree more closely. NaN when the network cannot run in
     float64 (a callable closing over float32 modules, say)."""
-    x_T, noise = runner.draw(batch, seed, steps)  # noqa: N806
+    x_T, noise = runner.draw(batch, seed, steps)
     z = None if noise is None else torch.from_numpy(noise)
     try:
         model64 = copy.deepcopy(model).double()

@@ -6,7 +6,6 @@ likelihoods, training, and ONNX export (``sdeflow.export``).
 
 from __future__ import annotations
 
-from . import _source_layout  # noqa: F401  (maps the top-level export/ folder to sdeflow.export in a checkout)
 from .checkpoint import Checkpoint, load, save
 from .compare import CompareResult, compare
 from .data import DATASETS, Dataset, load_dataset

@@ -36,7 +36,7 @@ def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write a file atomically: ``write(tmp_path)`` fills a temporary file in the same folder, then it is renamed.
 
     Nothing half-written is left at ``path`` if ``write`` raises, and the file there before stays as it was. An

@@ -110,7 +110,7 @@ def check_int(value: Any, name: str, *, min: int | None = None, max: int | None 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         hint = ""
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
-            hint = f"Pass a whole number, e.g. {name}={int(value)}." if float(value).is_integer() else ""
+            hint = f"Pass a whole number, e.g. {name}={int(float(value))}." if float(value).is_integer() else ""
         raise bad_value(name, "an integer" + (" " + _range_text(min, max) if min is not None or max is not None
                                               else ""), value, hint, error=TypeError)
     value = int(value)

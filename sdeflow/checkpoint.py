@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -194,7 +195,14 @@ def _invalid(cfg_path: Path, key: str, expected: str, got: object) -> Checkpoint
     )
 
 
-def _round_trip(cfg_path: Path, key: str, stored: object, build: Callable[[dict], object]) -> object:
+class _Configurable(Protocol):
+    def config(self) -> dict: ...
+
+
+_C = TypeVar("_C", bound=_Configurable)
+
+
+def _round_trip(cfg_path: Path, key: str, stored: object, build: Callable[[dict], _C]) -> _C:
     """Build an object from ``stored`` and check that its own config reproduces ``stored`` exactly, so that a
     missing key never silently takes a default and an edited value never passes unnoticed."""
     if not isinstance(stored, dict) or not isinstance(stored.get("type"), str):

@@ -45,7 +45,7 @@ def train_classifier(data: Dataset, *, steps: int = 600, batch_size: int = 128, 
     g = torch.Generator().manual_seed(V.check_int(seed, "seed", min=0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = _network(tuple(data.sample_shape), int(data.num_classes))
+        net = _network(tuple(data.sample_shape), int(data.labels.max()) + 1)  # K: labels 0..K-1
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for step in range(steps):
         idx = torch.randint(0, len(data), (batch_size,), generator=g)

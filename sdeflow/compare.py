@@ -34,6 +34,7 @@ from .oracle import GaussianMixture
 from .parametrization import ScoreModel
 from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
 from .sde import SDE, VPSDE
+from .status import Status
 
 __all__ = ["compare", "CompareResult", "CompareRow", "SOLVER_ALIASES", "sliced_wasserstein"]
 
@@ -62,7 +63,7 @@ class CompareRow:
     kind: str
     noise_floor: float | None
     wall_time: float
-    status: str
+    status: Status
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,14 @@ class CompareResult:
         return atomic_write(path, lambda tmp: tmp.write_text(text))
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """A log-log PNG of error against NFE, one line per solver (noise floors dashed)."""
-        import matplotlib
+        """A log-log picture (.png, .pdf or .svg) of error against NFE, one line per solver (noise floors dashed).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Drawn on a figure with its own Agg canvas (``sdeflow.images.new_figure``): pyplot's state and backend are
+        left alone."""
+        from .images import new_figure, save_figure
 
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig = new_figure(6.4, 4.4)
+        ax = fig.subplots()
         for name in self.orders:
             rows = [r for r in self.rows if r.solver == name and r.error > 0 and math.isfinite(r.error)]
             if not rows:
@@ -127,13 +129,7 @@ class CompareResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-
-        def write(tmp: Path) -> None:
-            fig.savefig(tmp, dpi=120, format="png")
-
-        out = atomic_write(path, write)
-        plt.close(fig)
-        return out
+        return save_figure(fig, path)
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, n_proj: int = 64, generator: torch.Generator | None = None) -> float:
@@ -220,9 +216,10 @@ def compare(
             raise ValueError("With `model`, give `sample_shape` (e.g. checkpoint.sample_shape).")
         shape = tuple(sample_shape)
         dtype, tol = torch.float32, max(reference_tol, 1e-6)
-    x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)  # noqa: N806
+    x_T = sde.prior_std * torch.randn(n, *shape, generator=g, dtype=dtype)
     ref = sample(model, sde, x_T, sampler=ODESolver("dopri5", rtol=tol, atol=tol), eps=eps).samples
-    exact = None
+    exact: Tensor | None = None
+    floor: float | None = None  # SW2 noise floor of the stochastic solvers' reference set
     rows: list[CompareRow] = []
     for name in solvers:
         smp = _resolve(name)
@@ -232,13 +229,15 @@ def compare(
                 f"Stochastic solver {name!r} needs the oracle's exact distribution; compare it on a mixture."
             )
         if stochastic and exact is None:
-            exact = mixture.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64)
+            assert mixture is not None  # checked just above
+            reference = mixture
+            exact = reference.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64)
             # the noise floor: SW2 between `exact` and independent exact sets, root-mean-square over 3 replicates
             floor = math.sqrt(
                 sum(
                     sliced_wasserstein(
                         exact,
-                        mixture.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64),
+                        reference.sample_t(n_distribution, eps, sde, generator=g, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(seed),
                     )
                     ** 2
@@ -262,6 +261,7 @@ def compare(
                     dtype=dtype,
                     **kwargs,
                 )
+                assert exact is not None  # drawn before the first stochastic solver
                 err = sliced_wasserstein(r.samples, exact, generator=torch.Generator().manual_seed(seed))
                 row = CompareRow(name, steps, r.nfe, err, err, "distribution", floor, r.wall_time, r.status)
             else:

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .parametrization import ScoreModel
+from .progress import Progress
 from .sde import SDE
 
 __all__ = ["DIVERGENCES", "TIME_VARIABLES", "AugmentedFlow", "draw_probes", "example_seeds"]
@@ -128,9 +129,9 @@ class AugmentedFlow(nn.Module):
 
     ``tau`` is clamped to the solve interval widened by a margin (lambda +- 1, u * e^{+-1}; t stays in [eps, T]) so
     that a first-step probe or an overshooting step never evaluates an undefined time (solvers may step past the
-    end and interpolate back). ``nfe`` counts network
-    evaluations, ``n_accepted`` / ``n_rejected`` the solver's steps; ``callback(fraction)`` runs after each accepted
-    step with the fraction of the interval done.
+    end and interpolate back). ``nfe`` counts network evaluations, ``n_accepted`` / ``n_rejected`` the solver's
+    steps; ``callback(Progress('likelihood', fraction, 1.0))`` runs after each accepted step with the fraction of the
+    interval done.
     """
 
     def __init__(
@@ -141,7 +142,7 @@ class AugmentedFlow(nn.Module):
         t_span: tuple[float, float],
         divergence: str,
         probes: Tensor | None,
-        callback: Callable[[float], None] | None = None,
+        callback: Callable[[Progress], None] | None = None,
         net_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -163,6 +164,7 @@ class AugmentedFlow(nn.Module):
             self.lo, self.hi = lo / math.e, hi * math.e
         self.callback = callback
         self.nfe = 0
+        self.nonfinite = False  # set once the score returns NaN/inf (how a failed solve is told apart)
         self.n_accepted = 0
         self.n_rejected = 0
 
@@ -171,7 +173,7 @@ class AugmentedFlow(nn.Module):
         self.n_accepted += 1
         if self.callback is not None:
             done = (float(t0 + dt) - self.tau0) / (self.tau1 - self.tau0)
-            self.callback(min(max(done, 0.0), 1.0))
+            self.callback(Progress("likelihood", min(max(done, 0.0), 1.0), 1.0))
 
     def callback_reject_step(self, t0: Tensor, y0: object, dt: Tensor) -> None:
         self.n_rejected += 1
@@ -192,10 +194,13 @@ class AugmentedFlow(nn.Module):
         with torch.enable_grad():
             y = x.detach().to(net_dtype).requires_grad_(True)
             s = self.score.score(y, t_b)
+            if not self.nonfinite and not bool(torch.isfinite(s).all()):
+                self.nonfinite = True
             if self.divergence == "exact":
                 div_s = self._exact_divergence(s, y).unsqueeze(1)  # [B, 1]
             else:
                 v = self.probes
+                assert v is not None  # drawn at construction for the Hutchinson divergences
                 if v.shape[0] == 1:
                     w = torch.autograd.grad(s, y, v[0])[0].unsqueeze(0)
                 else:  # K probes share the forward pass: one vmapped VJP

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._utils import atomic_write
-from .export.runtime import (
+from sdeflow.export.runtime import (
     ARRAY_FORMATS,
     encode_arrays,
     encode_png,
@@ -33,6 +32,8 @@ from .export.runtime import (
     is_image_shape,
     samples_png,
 )
+
+from ._utils import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -190,8 +191,8 @@ def training_points(data_info: Mapping | None, limit: int = 20_000) -> np.ndarra
     if name in DATASETS:
         data = load_dataset(name)
     elif Path(name).is_file():
-        data = load_dataset(name, levels=data_info.get("levels"), scale=data_info.get("scale"),
-                            offset=data_info.get("offset"))
+        info = data_info or {}
+        data = load_dataset(name, levels=info.get("levels"), scale=info.get("scale"), offset=info.get("offset"))
     else:
         return None
     return data.x[:limit].numpy()

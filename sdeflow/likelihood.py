@@ -27,12 +27,17 @@ from torch import Tensor
 from . import _validate as V
 from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, draw_probes, example_seeds
 from .parametrization import ScoreModel, as_score_model
+from .progress import Progress
+from .sampling.solvers import ADAPTIVE_ODE_SOLVERS
 from .sde import SDE
+from .status import Status
 
 __all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimResult", "bits_per_dim", "per_class",
            "class_log_likelihoods"]
 
-ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "bosh3", "fehlberg2", "adaptive_heun", "dopri8")
+# The adaptive torchdiffeq methods of sdeflow.sampling.solvers (the one list), less scipy_solver: it takes neither
+# the per-example norm nor step_t nor the step callbacks the likelihood's error control and counters need.
+ADAPTIVE_METHODS: tuple[str, ...] = tuple(m for m in ADAPTIVE_ODE_SOLVERS if m != "scipy_solver")
 ERROR_CONTROLS: tuple[str, ...] = ("all", "log_p")
 BOUNDS: tuple[str, ...] = ("plain", "importance")
 # With error_control='log_p' the latent x is held to X_TOL_FACTOR times looser tolerances than the log-density.
@@ -71,7 +76,7 @@ class LikelihoodResult:
     nfe: int
     n_steps: int
     n_rejected: int
-    status: str
+    status: Status
     settings: dict
 
     @property
@@ -99,27 +104,27 @@ def _check_data(x: Tensor, name: str = "x") -> None:
         )
 
 
-def _solver_error(err: BaseException, flow: AugmentedFlow, settings: dict) -> LikelihoodError:
-    msg = str(err)
+def _solver_error(err: AssertionError, flow: AugmentedFlow, settings: dict) -> LikelihoodError:
+    """The ``LikelihoodError`` for a failed adaptive solve, told apart by the flow's own records rather than by
+    torchdiffeq's messages: a non-finite score seen by the flow, the step count reaching ``max_steps``, or else the
+    step size underflowing (the remaining check in torchdiffeq's adaptive step loop)."""
     where = f"after {flow.nfe} evaluations ({flow.n_accepted} steps)"
-    if "underflow in dt" in msg:
+    if flow.nonfinite:
         return LikelihoodError(
-            f"The ODE solver's step size underflowed {where}: the vector field is stiff or not finite near "
-            f"t = eps = {settings['eps']}. Try a larger `eps` (e.g. 1e-3), dtype=torch.float64, or check that the "
-            "score network is finite and smooth at small t."
+            f"The ODE state became NaN/inf {where}: the score network returned non-finite values. Check the network "
+            "on this data (inputs in the range it was trained on), or use dtype=torch.float64."
         )
-    if "max_num_steps" in msg:
+    if flow.n_accepted + flow.n_rejected >= settings["max_steps"]:
         return LikelihoodError(
             f"The ODE solver exceeded max_steps = {settings['max_steps']} {where}. Raise `max_steps`, loosen "
             f"rtol/atol (now {settings['rtol']}/{settings['atol']}), or use a larger `eps`; a network that is rough "
             "in x or t also causes this."
         )
-    if "non-finite" in msg:
-        return LikelihoodError(
-            f"The ODE state became NaN/inf {where}: the score network returned non-finite values. Check the network "
-            "on this data (inputs in the range it was trained on), or use dtype=torch.float64."
-        )
-    return LikelihoodError(f"The ODE solve failed {where}: {msg}")
+    return LikelihoodError(
+        f"The ODE solver's step size underflowed {where} ({' '.join(str(err).split())}): the vector field is stiff "
+        f"or not finite near t = eps = {settings['eps']}. Try a larger `eps` (e.g. 1e-3), dtype=torch.float64, or "
+        "check that the score network is finite and smooth at small t."
+    )
 
 
 @contextlib.contextmanager
@@ -176,7 +181,7 @@ def log_likelihood(
     prior_logp: Callable[[Tensor], Tensor] | None = None,
     time_variable: str = "t",
     max_steps: int = 10_000,
-    callback: Callable[[float], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
     cond: Tensor | int | Sequence[int] | None = None,
 ) -> LikelihoodResult:
     """log p_eps(x) (nats) of each example through the probability-flow ODE, with its latent z = x(T).
@@ -214,7 +219,8 @@ def log_likelihood(
             for VE) or 'log_snr' (lambda). The likelihood is the same up to solver tolerance; see
             ``sdeflow.divergence`` for the formulas and benchmarks/RESULTS.md for measured step counts.
         max_steps: most solver steps before ``LikelihoodError``.
-        callback: called with the fraction of the interval done after every accepted step.
+        callback: called with ``Progress('likelihood', fraction of the interval done, 1.0)`` after every accepted
+            step.
         cond: for a class-conditional model (``num_classes`` = K): the class of every example or one per example
             ([B]); the result is then log p_eps(x | c), through the PF-ODE of the conditional score s(x, t | c)
             (docs/math.md section 10). K (no label), or None, gives the model's unconditional log p_eps(x). Pass
@@ -394,7 +400,7 @@ def bits_per_dim(
     bound: str = "plain",
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> BitsPerDimResult:
     """Bits/dim of discrete data with uniform dequantisation (MATH.md section 5).
 

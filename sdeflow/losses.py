@@ -153,7 +153,7 @@ class DDPMLoss:
     """
 
     def sample_timesteps(
-        self, n: int, N: int, generator: torch.Generator | None = None, device: torch.device | str | None = None  # noqa: N803
+        self, n: int, N: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
         """Draw n timesteps uniformly from {0..N-1} (int64 [n])."""
         return torch.randint(0, N, (n,), generator=generator, device=device)
@@ -179,7 +179,7 @@ class DDPMLoss:
             )
         _check_x0(x0)
         _check_noise(noise, x0)
-        abar = model.sde.discrete(label.N).alphas_cumprod.to(x0.device)
+        abar = model.sde.discrete(label.N).alphas_cumprod.to(x0.device)  # pyright: ignore[reportAttributeAccessIssue]
         if timesteps is None:
             timesteps = self.sample_timesteps(x0.shape[0], label.N, generator, x0.device)
         elif timesteps.shape != (x0.shape[0],):

@@ -210,7 +210,7 @@ class ScoreModel(nn.Module):
 
     def __init__(
         self,
-        net: Callable[[Tensor, Tensor], Tensor],
+        net: Callable[..., Tensor],  # net(x, label), or net(x, label, cond) with num_classes
         sde: SDE,
         prediction: Prediction = "eps",
         time_label: TimeLabel | None = None,
@@ -228,7 +228,7 @@ class ScoreModel(nn.Module):
             raise ValueError(f"`t_min` must lie in (0, T); got {t_min}.")
         self.net = net
         self.sde = sde
-        self.prediction = prediction
+        self.prediction: Prediction = prediction
         self.time_label = time_label if time_label is not None else ContinuousTime()
         self.t_min = float(t_min)
         self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes", min=1)

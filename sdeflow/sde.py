@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._utils import append_dims, batch_time
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteSchedule"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "DiscreteSchedule", "SDES", "make_sde", "sde_from_config"]
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -47,7 +47,7 @@ class DiscreteSchedule:
     alphas_cumprod: Tensor
 
     @property
-    def N(self) -> int:  # noqa: N802 - the paper's symbol
+    def N(self) -> int:
         return int(self.betas.shape[0])
 
     @property
@@ -203,7 +203,7 @@ class VPSDE(_LinearBeta):
         # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -1/2 softplus(-2 lambda)
         return self._t_from_log_alpha(-0.5 * torch.nn.functional.softplus(-2 * lam))
 
-    def discrete(self, N: int = 1000) -> DiscreteSchedule:  # noqa: N803 - the paper's symbol
+    def discrete(self, N: int = 1000) -> DiscreteSchedule:
         """The discrete DDPM schedule with N steps: betas = linspace(beta_min/N, beta_max/N, N), in float64."""
         if int(N) != N or N < 2:
             raise ValueError(f"`N` must be an integer >= 2; got {N}.")
@@ -289,13 +289,23 @@ class VESDE(SDE):
         return {"type": "VESDE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
-_SDES: dict[str, type[SDE]] = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
+# The one name table of SDEs: CLI names (sdeflow train --sde, sdeflow likelihood --sde, TrainConfig.sde) -> class.
+# Checkpoints store ``sde.config()``, whose 'type' is the class name.
+SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def make_sde(name: str) -> SDE:
+    """The SDE with default parameters for the name 'vp', 'subvp' or 've' (``SDES``)."""
+    if name not in SDES:
+        raise ValueError(f"Invalid sde {name!r}. Must be one of {tuple(SDES)}.")
+    return SDES[name]()
 
 
 def sde_from_config(config: dict) -> SDE:
     """Rebuild an SDE from ``sde.config()``."""
     config = dict(config)
     kind = config.pop("type", None)
-    if kind not in _SDES:
-        raise ValueError(f"Unknown SDE type {kind!r}. Must be one of {sorted(_SDES)}.")
-    return _SDES[kind](**config)
+    by_class = {cls.__name__: cls for cls in SDES.values()}
+    if kind not in by_class:
+        raise ValueError(f"Unknown SDE type {kind!r}. Must be one of {sorted(by_class)}.")
+    return by_class[kind](**config)

@@ -30,23 +30,32 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import _validate as V
 from . import checkpoint as ckpt
+from . import distributed as D
 from . import run_folder
 from . import train_state as ts
 from .data import Dataset, load_dataset
 from .losses import DDPMLoss, DSMLoss
 from .models import build_model, default_model_config
-from .parametrization import PREDICTIONS, ContinuousTime, DDPMTimesteps, LogNoiseLevel, ScoreModel, TimeLabel
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .parametrization import (
+    PREDICTIONS,
+    ContinuousTime,
+    DDPMTimesteps,
+    LogNoiseLevel,
+    Prediction,
+    ScoreModel,
+    TimeLabel,
+)
+from .sde import SDE, SDES, make_sde
 
 __all__ = ["TrainConfig", "TrainEvent", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
 
-SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 LOSSES = ("dsm", "ddpm")
 CONDITIONINGS = ("noise_level", "t")
 # label_scale of the sinusoidal embedding of c_noise (its largest frequency per unit of c_noise), per network type.
@@ -60,13 +69,6 @@ STATE_WEIGHTS, STATE_JSON = ts.STATE_WEIGHTS, ts.STATE_JSON
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient became NaN or infinite; the run folder keeps the last good checkpoint."""
-
-
-def make_sde(name: str) -> SDE:
-    """The SDE with default parameters for the CLI name 'vp', 'subvp' or 've'."""
-    if name not in SDES:
-        raise ValueError(f"Invalid sde {name!r}. Must be one of {tuple(SDES)}.")
-    return SDES[name]()
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,13 @@ class TrainConfig:
     offset: float | None = None
     sde: str = "vp"
     model: dict | None = None
-    prediction: str = "eps"
+    prediction: Prediction = "eps"
     loss: str = "dsm"
     conditioning: str = "noise_level"
-    weighting: str = "sigma2"
+    weighting: Literal["sigma2", "likelihood"] = "sigma2"
     importance_sampling: bool = False
     eps: float = 1e-5
-    N: int = 1000  # noqa: N815 - the paper's symbol
+    N: int = 1000
     steps: int = 2000
     batch_size: int = 128
     lr: float = 2e-3
@@ -202,18 +204,6 @@ class TrainResult:
     start_step: int = 0
 
 
-def _dist(device: torch.device) -> tuple[int, int]:
-    """(rank, world size), initialising the process group when launched by torchrun with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def _num_classes(config: TrainConfig, data: Dataset, test: Dataset | None) -> int | None:
     """K for a conditional run: the training data's classes 0..K-1 (test labels must lie among them)."""
     if not config.conditional:
@@ -224,6 +214,7 @@ def _num_classes(config: TrainConfig, data: Dataset, test: Dataset | None) -> in
             ".npz with 'labels' (or 'train_labels' / 'test_labels') next to the data."
         )
     k = data.num_classes
+    assert k is not None  # the data has labels (checked above)
     if test is not None and test.labels is not None and int(test.labels.max()) >= k:
         raise ValueError(f"The test labels of {config.data!r} reach {int(test.labels.max())}, but the training "
                          f"labels define classes 0..{k - 1}; relabel the test split.")
@@ -240,7 +231,7 @@ def _model_config(config: TrainConfig, data: Dataset, num_classes: int | None = 
     if config.loss == "ddpm":
         model.setdefault("label_scale", 1.0)  # integer timesteps 0..N-1 are already on the sinusoid's scale
     elif config.conditioning == "noise_level":
-        model.setdefault("label_scale", NOISE_LEVEL_LABEL_SCALE.get(model.get("type"), 1.0))  # c_noise ~[-2, 1.3]
+        model.setdefault("label_scale", NOISE_LEVEL_LABEL_SCALE.get(str(model.get("type")), 1.0))  # c_noise ~[-2, 1.3]
     return model
 
 
@@ -301,13 +292,14 @@ def train(
     if resume and overwrite:
         raise ValueError("Pass at most one of `resume` (continue the run in `out`) and `overwrite` (replace it).")
     device = V.check_device(device)
-    rank, world = _dist(device)
+    ctx = D.init_from_env(str(device))  # joins the process group torchrun describes (gloo on CPU, NCCL on GPU)
+    rank, world = ctx.rank, ctx.world_size
     if config.batch_size % world:
         raise ValueError(f"`batch_size` ({config.batch_size}) must be divisible by the number of processes ({world}).")
     if world > 1 and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     out = V.check_output_dir(out, "out") if out is not None and rank == 0 else (Path(out) if out else None)
-    if resume and rank == 0 and not out.is_dir():
+    if resume and rank == 0 and (out is None or not out.is_dir()):
         raise FileNotFoundError(f"Cannot resume: {out} does not exist (start the run without resume).")
     data_args = {k: getattr(config, k) for k in ("levels", "scale", "offset") if getattr(config, k) is not None}
     data = load_dataset(config.data, "train", **data_args)
@@ -331,7 +323,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
            device: torch.device, rank: int, world: int, data: Dataset, test: Dataset | None, sde: SDE,
            model_config: dict, net: nn.Module) -> TrainResult:
     if len(data.sample_shape) == 3:  # images: channels-last convolutions are ~20% faster on CPU (oneDNN)
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]  (torch's stub omits it)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -358,6 +350,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
         extra = {"train": {"step": step, "world_size": world, "config": asdict(config)}}
         files = ckpt.checkpoint_files(ema, sde, config.prediction, time_label, model_config, data.info, extra=extra)
         files.update(ts.state_files(step, net, opt, gen, config, losses, test_losses))
+        assert out is not None  # only the writer saves
         run_folder.commit(out, files)
 
     if writer and start == 0:
@@ -378,7 +371,8 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
             cond = None
             if k is not None:  # condition dropout: the null class K with probability p_uncond
                 drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
-                cond = torch.where(drop, k, data.labels[idx])[sl].to(device)
+                labels = cast(Tensor, data.labels)  # k is set for labelled data only
+                cond = torch.where(drop, k, labels[idx])[sl].to(device)
             if isinstance(loss_fn, DDPMLoss):
                 loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device),
                                cond=cond)
@@ -426,6 +420,7 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
     except KeyboardInterrupt:
         if not writer:
             raise
+        assert out is not None  # only the writer gets here
         at = ts.folder_state(out).step
         raise KeyboardInterrupt(f"{out} keeps the checkpoint of step {at}; continue with resume=True (--resume)") \
             from None
@@ -463,7 +458,9 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     # a conditional model is scored on the test labels (the conditional loss), or unconditionally without them
     cond = test.labels[:n].to(device) if model.num_classes is not None and test.labels is not None else None
     if isinstance(loss_fn, DDPMLoss):
-        tt = loss_fn.sample_timesteps(n, model.time_label.N, g).to(device)
+        label = model.time_label
+        assert isinstance(label, DDPMTimesteps)  # DDPMLoss is built with DDPMTimesteps (TrainConfig.time_label)
+        tt = loss_fn.sample_timesteps(n, label.N, g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         return float(loss_fn(model, x0, timesteps=tt, noise=noise, cond=cond).mean())
     tt = loss_fn.sample_t(model.sde, n, g).to(device)
@@ -471,4 +468,4 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     return float(loss_fn(model, x0, t=tt, noise=noise, cond=cond).mean())
 
 
-test_loss.__test__ = False  # not a pytest test
+test_loss.__test__ = False  # pyright: ignore[reportFunctionMemberAccess]  (not a pytest test)

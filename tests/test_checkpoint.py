@@ -54,12 +54,21 @@ def test_round_trip_keeps_sde_prediction_and_time_label(tmp_path):
 
 
 def test_no_pickle_anywhere(tmp_path):
+    """Every file is JSON or safetensors, and the safetensors file is exactly its JSON header plus the raw bytes of
+    the tensors it lists, back to back: there is no room for a pickled object anywhere."""
     _, path = _saved(tmp_path)
+    files = [p for p in path.iterdir() if p.name != ".lock"]  # .lock: the run folder's lock (holds a process id)
+    assert {p.suffix for p in files} == {".json", ".safetensors"}
     raw = (path / "model.safetensors").read_bytes()
+    assert raw[:1] != b"\x80"  # a pickle starts with the PROTO opcode
     header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])  # a safetensors file: JSON header + raw tensor bytes
-    assert "__metadata__" in header and b"\x80\x04" not in raw[:2]
-    json.loads((path / "config.json").read_text())
+    header = json.loads(raw[8 : 8 + header_len])
+    assert "__metadata__" in header
+    spans = sorted(tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__")
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert 8 + header_len + spans[-1][1] == len(raw)
+    for p in path.glob("*.json"):
+        json.loads(p.read_text())
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):

@@ -13,13 +13,13 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import export_ddim
-from sdeflow.export import runtime as rt
 
 import sdeflow.images
 from sdeflow import VPSDE, ContinuousTime, save
 from sdeflow.cli import main
 from sdeflow.data import load_dataset
+from sdeflow.export import export_ddim
+from sdeflow.export import runtime as rt
 from sdeflow.models import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -30,7 +30,7 @@ def test_sliced_wasserstein_is_zero_for_equal_sets_and_sees_a_shift():
         sliced_wasserstein(a, a[:10])
 
 
-def test_compare_orders_outputs_and_noise_floor(tmp_path):
+def test_compare_orders_outputs_and_noise_floor(tmp_path, monkeypatch):
     gm = GaussianMixture.random(2, 3, generator=torch.Generator().manual_seed(1))
     res = compare(
         ("rk4", "dpmsolver++", "ddpm"),
@@ -51,7 +51,12 @@ def test_compare_orders_outputs_and_noise_floor(tmp_path):
     assert "rk4" in text and "fitted order" in text
     res.to_csv(tmp_path / "c.csv")
     res.to_json(tmp_path / "c.json")
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "backend", "svg")  # a user's backend
     res.plot(tmp_path / "c.png")
+    assert matplotlib.rcParams["backend"] == "svg"  # no matplotlib.use(): a notebook keeps its backend
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert len(rows) == 9 and float(rows[0]["error"]) == pytest.approx(res.rows[0].error)
     payload = json.loads((tmp_path / "c.json").read_text())

@@ -106,9 +106,9 @@ def test_likelihood_conditional_per_class(files, tmp_path) -> None:
 
 
 LIK_CASES = [
-    (["likelihood", "--checkpoint", "{plain}", "--conditional", "--out", "{new}"], r"--conditional needs a "
+    (["likelihood", "--checkpoint", "{plain}", "--conditional", "--out", "{new}"], r"--conditional\) needs a "
      r"class-conditional model"),
-    (["likelihood", "--checkpoint", "{cond}", "--conditional", "--out", "{new}"], r"--conditional needs class "
+    (["likelihood", "--checkpoint", "{cond}", "--conditional", "--out", "{new}"], r"--conditional\) needs class "
      r"labels, but the data 'moons' has none"),
 ]
 

@@ -30,7 +30,7 @@ def test_guided_dpmsolver_matches_diffusers(guidance_scale: float) -> None:
     unet = _unet()
     scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=2)
     scheduler.set_timesteps(8)
-    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # noqa: N806
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 1])
     null = torch.full_like(labels, K)
     x = x_T.clone()
@@ -54,7 +54,7 @@ def test_guidance_rescale_matches_diffusers_formula() -> None:
     unet = _unet()
     scheduler = diffusers.DDIMScheduler(clip_sample=False)
     scheduler.set_timesteps(6)
-    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))  # noqa: N806
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     labels, phi, scale = torch.tensor([2, 0, 1]), 0.7, 4.0
     x = x_T.clone()
     with torch.no_grad():

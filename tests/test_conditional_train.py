@@ -36,7 +36,7 @@ def test_condition_dropout_rate(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = losses.DSMLoss.__call__
 
-    def spy(self, model, x0, **kw):  # noqa: ANN001
+    def spy(self, model, x0, **kw):
         seen.append(kw["cond"].clone())
         return real(self, model, x0, **kw)
 

@@ -38,7 +38,7 @@ def _model(dim: int = 5) -> tuple[sdeflow.ScoreModel, sdeflow.VPSDE]:
     return sdeflow.ScoreModel(TinyEpsNet(dim), sde, "eps", sdeflow.DDPMTimesteps(N, integer=True)), sde
 
 
-def _run_diffusers(scheduler, net, x_T, noise=None):  # noqa: N803
+def _run_diffusers(scheduler, net, x_T, noise=None):
     x = x_T.clone()
     for k, t in enumerate(scheduler.timesteps):
         out = net(x, torch.full((x.shape[0],), int(t), dtype=torch.long))
@@ -75,7 +75,7 @@ def test_deterministic_schedulers_match_diffusers(name, make, sampler, steps):
     scheduler = make()
     scheduler.set_timesteps(steps)
     final_zero = float(scheduler.sigmas[-1]) == 0.0
-    x_T = torch.randn(7, 5, generator=torch.Generator().manual_seed(steps))  # noqa: N806
+    x_T = torch.randn(7, 5, generator=torch.Generator().manual_seed(steps))
     theirs = _run_diffusers(scheduler, model.net, x_T)
     grid = Timesteps(scheduler.timesteps.tolist())
     ours = sdeflow.sample(model, sde, x_T, sampler=sampler, grid=grid, set_alpha_to_one=final_zero)
@@ -90,7 +90,7 @@ def test_sde_dpmsolver_matches_diffusers_with_the_same_noise(order, steps):
     scheduler = diffusers.DPMSolverMultistepScheduler(solver_order=order, algorithm_type="sde-dpmsolver++")
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(1)
-    x_T = torch.randn(7, 5, generator=g)  # noqa: N806
+    x_T = torch.randn(7, 5, generator=g)
     noise = torch.randn(steps, 7, 5, generator=g)
     theirs = _run_diffusers(scheduler, model.net, x_T, noise)
     # diffusers draws noise on every step, the last (to sigma = 0) included, where its coefficient is 0
@@ -127,7 +127,7 @@ def test_ddim_matches_diffusers(spacing, eta, set_alpha_to_one):
     scheduler = diffusers.DDIMScheduler(timestep_spacing=spacing, set_alpha_to_one=set_alpha_to_one, clip_sample=False)
     scheduler.set_timesteps(steps)
     g = torch.Generator().manual_seed(2)
-    x_T = torch.randn(7, 5, generator=g)  # noqa: N806
+    x_T = torch.randn(7, 5, generator=g)
     noise = torch.randn(steps, 7, 5, generator=g)
     x = x_T.clone()
     for k, t in enumerate(scheduler.timesteps):

@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from sdeflow.export import NonFiniteOutputError, OnnxExportError, OnnxSampler, export_ddim, export_sampler
-from sdeflow.export.verify import relative_error
 from torch import nn
 
 from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
+from sdeflow.export import NonFiniteOutputError, OnnxExportError, OnnxSampler, export_ddim, export_sampler
+from sdeflow.export.verify import relative_error
 from sdeflow.sampling import DEFAULT_GRIDS, UniPC, sample
 
 S = 6  # steps: small graphs keep the tests fast; the contract does not depend on S
@@ -130,7 +130,7 @@ def test_every_sampler_matches_sdeflow_sample(tmp_path, name, options, dynamic):
     for steps in dynamic or (S,):
         rng = np.random.default_rng(steps)
         k = runner.info.noise_draws_for(steps)
-        x_T = rng.standard_normal((7, 2)).astype(np.float32)  # noqa: N806
+        x_T = rng.standard_normal((7, 2)).astype(np.float32)
         noise = rng.standard_normal((k, 7, 2)).astype(np.float32) if k else None
         ref = sample(
             model,
@@ -179,7 +179,7 @@ def test_integer_timestep_ddpm_network(tmp_path):
     labels = [i for i in proto.graph.initializer if i.name.endswith("/label")]
     assert len(labels) == S and all(i.data_type == onnx.TensorProto.INT64 for i in labels)
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
-    x_T, noise = runner.draw(3, seed=4)  # noqa: N806
+    x_T, noise = runner.draw(3, seed=4)
     ref = sample(model, model.sde, torch.from_numpy(x_T), steps=S, eta=1.0, noise=torch.from_numpy(noise))
     assert ref.timesteps[:-1].tolist() == [(S - 1 - k) * (1000 // S) for k in range(S)]
     assert relative_error(runner.run(x_T, noise), ref.samples.numpy()) < 1e-5
@@ -192,7 +192,7 @@ def test_integer_timestep_scan_graph_with_a_deterministic_step_count(tmp_path):
     assert report.verified and report.parity_steps[1] <= 1e-5
     runner = OnnxSampler(report.path, providers="cpu", threads=1)
     assert [runner.info.noise_draws_for(s) for s in (1, 2, 4)] == [0, 1, 3]
-    x_T, noise = runner.draw(3, seed=0, steps=1)  # noqa: N806
+    x_T, noise = runner.draw(3, seed=0, steps=1)
     assert noise is None
     ref = sample(model, model.sde, torch.from_numpy(x_T), sampler="ddpm", steps=1).samples.numpy()
     assert relative_error(runner.run(x_T, steps=1), ref) < 1e-5
@@ -253,7 +253,7 @@ def test_runner_errors(stochastic, tmp_path):
 
 def test_non_finite_inputs_are_rejected_and_outputs_flagged(stochastic, tmp_path):
     runner = OnnxSampler(stochastic[1].path, providers="cpu", threads=1)
-    x_T, noise = runner.draw(3, seed=0)  # noqa: N806
+    x_T, noise = runner.draw(3, seed=0)
     for bad in (np.nan, np.inf):
         x_bad = x_T.copy()
         x_bad[1, 0] = bad
@@ -432,5 +432,5 @@ def test_traced_loop_fallback_gives_the_same_graph_output(tmp_path, monkeypatch)
     traced = export_sampler(model, tmp_path / "traced.onnx", "sde-dpmsolver++", **args)
     assert traced.verified and copied.verified
     a, b = (OnnxSampler(r.path, providers="cpu", threads=1) for r in (copied, traced))
-    x_T, noise = a.draw(7, seed=3)  # noqa: N806
+    x_T, noise = a.draw(7, seed=3)
     assert relative_error(a.run(x_T, noise), b.run(x_T, noise)) < 1e-6

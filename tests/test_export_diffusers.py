@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sdeflow.export import OnnxSampler, export_sampler
 
 from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
+from sdeflow.export import OnnxSampler, export_sampler
 from sdeflow.sampling import DDIM, UniPC
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (the test extra) is not installed")

@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import export_sampler
-from sdeflow.export.runtime import OnnxSampler
 
 import sdeflow
 from sdeflow.cli import main
+from sdeflow.export import export_sampler
+from sdeflow.export.runtime import OnnxSampler
 from sdeflow.models import build_model
 
 CFG = {"type": "unet", "image_size": 8, "channels": 16, "mults": [1], "num_classes": 10}
@@ -40,7 +40,7 @@ def test_guided_graph_parity_for_every_sampler(ckpt, tmp_path, sampler) -> None:
     ck = sdeflow.load(ckpt)
     labels = np.array([3, 7, 0, 10])  # 10 = no label
     for w in (0.0, 1.5, 4.0):  # one file, every w
-        x_T, noise = runner.draw(4, 0, 4)  # noqa: N806
+        x_T, noise = runner.draw(4, 0, 4)
         got = runner.run(x_T, noise, class_labels=labels, guidance=w)
         ref = sdeflow.sample(ck.score_model, ck.sde, torch.from_numpy(x_T), sampler=sampler, steps=4,
                              noise=None if noise is None else torch.from_numpy(noise),
@@ -64,7 +64,7 @@ def test_guided_export_and_runtime_errors(ckpt, tmp_path) -> None:
         export_sampler(ckpt, tmp_path / "x.onnx", steps=3, guided=True, dynamic_steps=True)
     export_sampler(ckpt, tmp_path / "g.onnx", steps=3, guided=True, batch_sizes=(2,))
     runner = OnnxSampler(tmp_path / "g.onnx", providers="cpu", threads=1)
-    x_T, _ = runner.draw(2, 0)  # noqa: N806
+    x_T, _ = runner.draw(2, 0)
     with pytest.raises(ValueError, match="guided graph of 10 classes: pass class_labels"):
         runner.run(x_T)
     with pytest.raises(ValueError, match=r"`class_labels` must lie in 0..9 \(10 = no label\); got 0..11"):

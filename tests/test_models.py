@@ -100,10 +100,9 @@ def test_log_noise_level_label_is_c_noise_for_every_sde():
 
 
 def test_noise_level_models_work_with_torch_func_and_export(tmp_path):
+    from sdeflow import VPSDE, LogNoiseLevel, ScoreModel
     from sdeflow.export import export_ddim
     from sdeflow.export import runtime as rt
-
-    from sdeflow import VPSDE, LogNoiseLevel, ScoreModel
 
     torch.manual_seed(0)
     sde = VPSDE()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sdeflow.export import OnnxSampler, export_sampler
-from sdeflow.export.runtime import draw_inputs
 
 from sdeflow import VESDE, VPSDE, ContinuousTime, save
 from sdeflow.cli import main as cli_main
+from sdeflow.export import OnnxSampler, export_sampler
+from sdeflow.export.runtime import draw_inputs
 from sdeflow.models import build_model
 from sdeflow.sampling import sample
 from sdeflow.sampling.noise import NoiseSource, per_sample_seeds
@@ -56,7 +56,7 @@ def test_torch_and_numpy_draws_are_bitwise_equal():
     sde = VESDE(sigma_min=0.01, sigma_max=37.3)
     seeds = per_sample_seeds(6, 11, None)
     src = NoiseSource(seeds, (3, 2), dtype=torch.float32, device="cpu", max_draws=5)
-    x_T = sde.prior_std * src.prior()  # noqa: N806 - what sdeflow.sample does
+    x_T = sde.prior_std * src.prior()
     noise = torch.stack([src() for _ in range(5)])
     x_np, noise_np = draw_inputs(seeds, (3, 2), sde.prior_std, 5)
     np.testing.assert_array_equal(x_T.numpy(), x_np)

@@ -39,7 +39,7 @@ def oracle():
     return model, reference, x_held, ref_held
 
 
-def test_tuned_grid_beats_every_builtin_grid_on_held_out_x_T(oracle):  # noqa: N802
+def test_tuned_grid_beats_every_builtin_grid_on_held_out_x_T(oracle):
     model, reference, x_held, ref_held = oracle
     smp = UniPC(order=3)
     res = tune_grid(model, SDE, smp, 5, reference=reference, max_evals=150)
@@ -96,7 +96,7 @@ def test_heun_spends_two_evaluations_per_step(oracle):
     assert res.steps == 3 and sample(model, SDE, reference.x_T[:4], sampler=Heun(), grid=res.grid).nfe == 6
 
 
-def test_x_T_calibration_builds_the_reference(oracle):  # noqa: N802
+def test_x_T_calibration_builds_the_reference(oracle):
     model, _, x_held, _ = oracle
     res = sdeflow.tune_grid(model, SDE, "ddim", 3, x_T_calibration=x_held[:32], candidates=16, max_evals=5)
     assert res.calibration == 32 and len(res.grid.times) == 4

@@ -38,12 +38,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import torch
+from safetensors.torch import load_file
 
-import sdeflow  # noqa: E402
-from sdeflow.cli import main  # noqa: E402
-from sdeflow.train_state import STATE_JSON, STATE_WEIGHTS, folder_state  # noqa: E402
+import sdeflow
+from sdeflow.cli import main
+from sdeflow.train_state import STATE_JSON, STATE_WEIGHTS, folder_state
 
 MODEL = '{"type": "mlp", "dim": 2, "width": 16, "depth": 1}'
 
@@ -86,7 +86,7 @@ def check_consistent(folder: Path) -> str:
         return ""  # killed before the first commit: nothing to load yet, --resume starts from step 0
     try:
         ck = sdeflow.load(folder)
-    except Exception as err:  # noqa: BLE001 - any failure is a finding
+    except Exception as err:
         return f"sdeflow.load failed: {type(err).__name__}: {err}"
     step = ck.config["extra"]["train"]["step"]
     if state.step != step:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         detail = f" ({_one_line(err)})" if str(err) else ""
         print(f"{prog}: interrupted{detail}", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence: one line, never a traceback
+    except Exception as err:
         if isinstance(err, _user_errors()):
             print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
             return 2

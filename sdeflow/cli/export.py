@@ -46,13 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_sampler
+    from sdeflow.export import export_sampler
 
     sampler, grid = sampler_from_args(args)
     report = export_sampler(
         args.checkpoint,
         args.out,
-        sampler=sampler,
+        sampler=sampler,  # pyright: ignore[reportArgumentType]  (export_sampler refuses non-grid samplers by name)
         steps=args.steps,
         grid=grid,
         eps=args.eps,

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.runtime import OnnxSampler
+    from sdeflow.export.runtime import OnnxSampler
+
     from ..images import output_format, picture_extras, save_samples
 
     out = Path(args.out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..progress import ProgressBar
 from ._common import add_sampler_arguments, sampler_from_args
 
 HELP = "Draw samples with any sampler (ddim, dpmsolver++, unipc, deis, ipndm, heun, ddpm, pc, ode[:m], sde[:m])."
@@ -82,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
         from ..checkpoint import load
 
         ckpt = load(args.checkpoint, map_location=args.device)
+        oracle = None
         model, sde, shape = ckpt.score_model, ckpt.sde, ckpt.sample_shape
         source = {"checkpoint": str(args.checkpoint), "data": ckpt.data_info}
     else:
         sde = VPSDE()
-        gm = GaussianMixture.random(
+        gm = oracle = GaussianMixture.random(
             args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
         )
         model = gm.score_model(sde) if args.classes is None else gm.conditional_score_model(sde)
@@ -122,17 +124,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ctx = D.init_from_env(args.device)
     try:
-        bars: list = []
-
-        def progress(done: int, total: int) -> None:
-            if not bars:
-                from tqdm import tqdm
-
-                bars.append(
-                    tqdm(desc=f"sampling ({sampler.name}, rank 0 of {ctx.world_size})", unit="chunk", total=total)
-                )
-            bars[0].update(1)
-
+        bar = ProgressBar(f"sampling ({sampler.name}, rank 0 of {ctx.world_size})", "chunk",
+                          enabled=ctx.is_main and not args.no_progress)
         samples, summary = sample_many(
             model,
             sde,
@@ -141,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or min(args.n, 1024),
             seed=args.seed,
             ctx=ctx,
-            on_chunk=None if args.no_progress or not ctx.is_main else progress,
+            progress=bar,
             sampler=sampler,
             steps=args.steps,
             grid=grid,
@@ -153,19 +146,18 @@ def run(args: argparse.Namespace) -> int:
             guidance_rescale=args.guidance_rescale,
             guidance_interval=interval,
         )
-        for bar in bars:
-            bar.close()
+        bar.close()
     finally:
         D.shutdown()
     if not ctx.is_main:
         return 0
     assert samples is not None
     out = Path(args.out)
-    beside = picture_extras(out, shape, data_info=source.get("data"), oracle=gm if args.checkpoint is None else None)
+    beside = picture_extras(out, shape, data_info=source.get("data"), oracle=oracle)
     save_samples(out, samples, scale=args.scale, **beside)
     meta = {
         "sampler": sampler.name,
-        "options": sampler.options(),
+        "options": sampler.config(),
         "steps": args.steps,
         "grid": None if grid is None else (grid if isinstance(grid, str) else grid.config()),
         "seed": args.seed,

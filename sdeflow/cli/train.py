@@ -74,35 +74,24 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, conditional=args.conditional,
         p_uncond=args.p_uncond,
     )
+    from ..progress import Progress, ProgressBar
+
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    bar = None
-    last_test: list[float] = []
+    bar = ProgressBar("train", "step", enabled=rank0 and not args.no_progress)
+    last_test: dict[str, float] = {}
 
-    def callback(event) -> None:  # noqa: ANN001
-        nonlocal bar
-        if bar is None and rank0 and not args.no_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=args.steps, desc="train", unit="step")
+    def callback(event) -> None:
         if event.test_loss is not None:
-            last_test.append(event.test_loss)
-            if bar is None:
+            last_test["test"] = event.test_loss
+            if not bar.enabled:
                 print(f"step {event.step}: loss {event.loss:.4f}  test loss {event.test_loss:.4f}", flush=True)
-        if bar is not None:
-            if bar.n == 0 and event.step > 1:
-                bar.update(event.step - 1)
-            bar.update(1)
-            post = {"loss": f"{event.loss:.4f}"}
-            if last_test:
-                post["test"] = f"{last_test[-1]:.4f}"
-            bar.set_postfix(post, refresh=False)
+        bar(Progress("train", event.step, event.steps, {"loss": event.loss, **last_test}))
 
     try:
         result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, callback=callback,
                        device=args.device)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if rank0:
         new = result.steps - result.start_step
         if new == 0:

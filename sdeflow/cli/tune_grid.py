@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         tol = 1e-10 if args.reference_tol is None else args.reference_tol
     for nfe in paths:
         steps_for_nfe(sampler, nfe, sde, model.prediction)  # every budget reachable, before any computing
-    x_T = sde.prior_sampling((args.calibration, *shape), generator=g, dtype=dtype).to(args.device)  # noqa: N806
+    x_T = sde.prior_sampling((args.calibration, *shape), generator=g, dtype=dtype).to(args.device)
     print(f"reference: dopri5 at {tol:g} on {args.calibration} calibration x_T (seed {args.seed}) ...", flush=True)
     reference = calibration_reference(model, sde, x_T, eps=args.eps, candidates=args.candidates, rtol=tol)
     for nfe, path in paths.items():

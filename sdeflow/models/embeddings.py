@@ -13,6 +13,7 @@ weights.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,8 @@ class SinusoidalEmbedding(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - 1))
         self.register_buffer("freqs", freqs * float(label_scale), persistent=False)
 
+    freqs: Tensor  # a buffer
+
     def forward(self, label: Tensor) -> Tensor:
         arg = label.to(self.freqs.dtype)[:, None] * self.freqs[None]
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
@@ -46,6 +49,8 @@ class FourierEmbedding(nn.Module):
         g = torch.Generator().manual_seed(seed)
         w = torch.randn(dim // 2, generator=g) * scale
         self.register_buffer("W", 2 * math.pi * w * float(label_scale))
+
+    W: Tensor  # a buffer
 
     def forward(self, label: Tensor) -> Tensor:
         arg = label.to(self.W.dtype)[:, None] * self.W[None]
@@ -79,10 +84,11 @@ def class_embedding(num_classes: int | None, dim: int) -> tuple[int | None, nn.M
 def class_conditioned(net: nn.Module, emb: Tensor, cond: Tensor | None) -> Tensor:
     """emb + cond_embed(cond) for a conditional network (cond None = the null class K); ``emb`` for an unconditional
     one, which refuses a condition."""
-    if net.cond_embed is None:
+    cond_embed = cast("nn.Module | None", net.cond_embed)
+    if cond_embed is None:
         if cond is not None:
             raise ValueError("This network is unconditional (num_classes=None) but received a condition `cond`.")
         return emb
     if cond is None:  # the null class's row, broadcast (no batch-size-dependent op: traces and exports cleanly)
-        return emb + net.cond_embed(torch.tensor([net.num_classes], device=emb.device)).to(emb.dtype)
-    return emb + net.cond_embed(cond).to(emb.dtype)
+        return emb + cond_embed(torch.tensor([net.num_classes], device=emb.device)).to(emb.dtype)
+    return emb + cond_embed(cond).to(emb.dtype)

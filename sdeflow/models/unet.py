@@ -114,9 +114,11 @@ class UNet(nn.Module):
             if i > 0:
                 upsample = nn.Upsample(scale_factor=2, mode="nearest")
                 self.up.append(nn.Sequential(upsample, nn.Conv2d(ch, ch, 3, padding=1)))
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        last = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), last)
 
     def forward(self, x: Tensor, label: Tensor, cond: Tensor | None = None) -> Tensor:
         emb = class_conditioned(self, self.embed(label), cond)

@@ -14,6 +14,7 @@ from torch import Tensor
 from .._validate import bad_value, check_batch, check_device, check_int, model_signature
 from ..parametrization import DDPMTimesteps, ScoreModel, as_score_model
 from ..sde import SDE
+from ..status import Status
 from .evaluate import CountingNet
 from .grids import Grid, TimeGrid, time_grid
 from .methods import GridSampler, Sampler
@@ -39,7 +40,7 @@ class SampleResult:
 
     samples: Tensor
     nfe: int
-    status: str
+    status: Status
     sampler: Sampler
     steps: int
     times: Tensor | None
@@ -117,7 +118,7 @@ def network_labels(model: ScoreModel, tgrid: TimeGrid, points: Sequence[int]) ->
 def sample(
     model: ScoreModel | Callable[[Tensor, Tensor], Tensor],
     sde: SDE,
-    x_T: Tensor | None = None,  # noqa: N803
+    x_T: Tensor | None = None,
     *,
     sampler: Sampler | str = "ddim",
     method: str | None = None,
@@ -190,7 +191,7 @@ def sample(
     if not 0 < eps < sde.T:
         raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}); got {eps}. Use e.g. eps=1e-3.")
     model = as_score_model(model, sde)
-    x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)  # noqa: N806
+    x_T, shape, device, dtype = _check_start(model, x_T, shape, device, dtype)
     model = _bind_condition(model, cond, guidance, shape[0], guidance_rescale, guidance_interval)
     discrete_model = isinstance(model.time_label, DDPMTimesteps)
     seeds = per_sample_seeds(shape[0], seed, generator)
@@ -238,7 +239,7 @@ def sample(
         explicit=_check_noise(noise, max_draws, shape, plan is not None),
     )
     if x_T is None:
-        x_T = sde.prior_std * source.prior()  # noqa: N806
+        x_T = sde.prior_std * source.prior()
     x = x_T.to(device=device, dtype=dtype)
 
     counter = CountingNet(model.net)
@@ -289,7 +290,7 @@ def sample(
                 x = solve_pf_ode(
                     wrapped, sde, x, solver=smp.method, times=tgrid.t, rtol=rtol, atol=atol, options=smp.options
                 )
-    status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
+    status: Status = "success" if bool(torch.isfinite(x).all()) else "nonfinite"
     fixed = plan is not None or (isinstance(smp, ODESolver) and not smp.adaptive)
     n_steps = (
         tgrid.steps
@@ -340,7 +341,7 @@ def _bind_condition(
 
 def _check_start(
     model: ScoreModel,
-    x_T: Tensor | None,  # noqa: N803
+    x_T: Tensor | None,
     shape: Sequence[int] | None,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
@@ -359,7 +360,7 @@ def _check_start(
         if want is not None and shp[1:] != want:
             raise bad_value("shape", f"(B, {', '.join(map(str, want))}) to match the model", shape)
         return None, shp, dev or model_device or torch.device("cpu"), dtype or torch.float32
-    x_T = check_batch(x_T, "x_T", sample_shape=want)  # noqa: N806
+    x_T = check_batch(x_T, "x_T", sample_shape=want)
     return x_T, tuple(x_T.shape), dev or x_T.device, dtype or x_T.dtype
 
 

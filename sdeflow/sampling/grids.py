@@ -85,7 +85,7 @@ class TimeGrid:
         return GridPoint(t=float(self.t[k]), alpha=a, sigma=s, lam=lam, timestep=ts)
 
 
-def ddpm_timesteps(N: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Tensor:  # noqa: N803
+def ddpm_timesteps(N: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> Tensor:
     """The S = ``steps`` decreasing DDPM timesteps of a spacing (see the module docstring), as int64 [S]."""
     if spacing not in DISCRETE_SPACINGS:
         raise ValueError(f"Invalid spacing {spacing!r}. Must be one of {DISCRETE_SPACINGS}.")
@@ -102,11 +102,11 @@ def ddpm_timesteps(N: int, steps: int, spacing: str = "leading", steps_offset: i
     return torch.from_numpy(ts.copy())
 
 
-def _discrete_grid(sde: SDE, N: int, steps: int, spacing: str, set_alpha_to_one: bool, steps_offset: int) -> TimeGrid:  # noqa: N803
+def _discrete_grid(sde: SDE, N: int, steps: int, spacing: str, set_alpha_to_one: bool, steps_offset: int) -> TimeGrid:
     return _discrete_from(sde, N, ddpm_timesteps(N, steps, spacing, steps_offset), set_alpha_to_one, spacing)
 
 
-def _discrete_from(sde: SDE, N: int, ts: Tensor, set_alpha_to_one: bool, kind: str) -> TimeGrid:  # noqa: N803
+def _discrete_from(sde: SDE, N: int, ts: Tensor, set_alpha_to_one: bool, kind: str) -> TimeGrid:
     """The grid of the DDPM timesteps ``ts`` plus the final point (abar = 1, or timestep 0)."""
     if not isinstance(sde, VPSDE):
         raise ValueError(
@@ -122,7 +122,7 @@ def _discrete_from(sde: SDE, N: int, ts: Tensor, set_alpha_to_one: bool, kind: s
 
 
 def _continuous_times(sde: SDE, n: int, kind: str, eps: float, rho: float) -> Tensor:
-    T = sde.T  # noqa: N806
+    T = sde.T
     u = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     ends = torch.tensor([T, eps], dtype=torch.float64)
     if kind == "uniform":
@@ -171,7 +171,7 @@ def time_grid(
     eps: float = 1e-3,
     rho: float = 7.0,
     set_alpha_to_one: bool = False,
-    N: int = 1000,  # noqa: N803
+    N: int = 1000,
     steps_offset: int = 0,
 ) -> TimeGrid:
     """Build the S = ``steps`` step grid of ``kind`` (a name from the module docstring, or a decreasing tensor of
@@ -204,7 +204,7 @@ class Grid:
 
     name: str = ""
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         raise NotImplementedError
 
     @property
@@ -222,7 +222,7 @@ class Uniform(Grid):
 
     name = "uniform"
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         return time_grid(sde, steps, self.name, eps=eps, set_alpha_to_one=set_alpha_to_one)
 
 
@@ -251,7 +251,7 @@ class Karras(Grid):
         if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0 < float(self.rho) < 1e6:
             raise ValueError(f"Karras: `rho` must be a number > 0 (7 is usual); got {self.rho!r}.")
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         return time_grid(sde, steps, "karras", eps=eps, rho=float(self.rho), set_alpha_to_one=set_alpha_to_one)
 
     def config(self) -> dict:
@@ -279,7 +279,7 @@ class DDPMSpacing(Grid):
     def discrete(self) -> bool:
         return True
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         return _discrete_grid(sde, N, steps, self.spacing, set_alpha_to_one, int(self.offset))
 
     def config(self) -> dict:
@@ -304,7 +304,7 @@ class Timesteps(Grid):
     def discrete(self) -> bool:
         return True
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         if max(self.timesteps) > N - 1:
             raise ValueError(f"`timesteps` must lie in [0, N - 1] = [0, {N - 1}]; got max {max(self.timesteps)}.")
         if not set_alpha_to_one and self.timesteps[-1] == 0:
@@ -327,7 +327,7 @@ class Times(Grid):
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", tuple(float(v) for v in np.asarray(self.times, dtype=np.float64).ravel()))
 
-    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:  # noqa: N803
+    def build(self, sde: SDE, steps: int, *, eps: float, set_alpha_to_one: bool, N: int) -> TimeGrid:
         return _from_times(sde, check_times(sde, list(self.times)), "times")
 
     def config(self) -> dict:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from .. import distributed as D
+from ..progress import Progress
+from ..status import worst_status
 from .api import sample
 
 __all__ = ["sample_many"]
@@ -30,7 +32,7 @@ def sample_many(
     batch_size: int = 256,
     seed: int = 0,
     ctx: D.DistContext | None = None,
-    on_chunk: Callable[[int, int], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     cond: Tensor | int | None = None,
     **sample_kwargs: Any,
 ) -> tuple[Tensor | None, dict]:
@@ -38,8 +40,9 @@ def sample_many(
 
     Returns (samples [n, *sample_shape] on rank 0, None elsewhere; a summary with ``nfe`` (all chunks), the status and
     the world size). ``sample_kwargs`` go to ``sdeflow.sample`` (sampler, steps, grid, options...).
-    ``on_chunk(done, total)`` reports progress (this rank's chunks). ``cond``: the class of every sample or one per
-    sample ([n]; ``sdeflow.conditioning.class_labels``), sliced with the chunks (``guidance`` goes to ``sample``)."""
+    ``progress`` gets ``Progress('sample', chunks done, chunks)`` (this rank's chunks). ``cond``: the class of every
+    sample or one per sample ([n]; ``sdeflow.conditioning.class_labels``), sliced with the chunks (``guidance`` goes
+    to ``sample``)."""
     for name, value in (("n", n), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
@@ -55,20 +58,19 @@ def sample_many(
         r = sample(model, sde, shape=(hi - lo, *sample_shape), seed=[seed + i for i in range(lo, hi)], cond=part,
                    **sample_kwargs)
         parts.append((c, r.samples.cpu(), r.nfe, r.status))
-        if on_chunk is not None:
-            on_chunk(j + 1, len(mine))
+        if progress is not None:
+            progress(Progress("sample", j + 1, len(mine)))
     gathered = D.gather_objects(parts, ctx)
     if not ctx.is_main:
         return None, {}
     flat = sorted((p for part in gathered for p in part), key=lambda p: p[0])  # type: ignore[union-attr]
     samples = torch.cat([p[1] for p in flat])
-    statuses = sorted({p[3] for p in flat})
     summary = {
         "n": n,
         "chunks": chunks,
         "batch_size": batch_size,
         "nfe": sum(p[2] for p in flat),
-        "status": "success" if statuses == ["success"] else "nonfinite",
+        "status": worst_status(p[3] for p in flat),
         "world_size": ctx.world_size,
     }
     return samples, summary

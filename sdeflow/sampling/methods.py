@@ -69,8 +69,9 @@ class Sampler:
     name: ClassVar[str]
     deterministic: ClassVar[bool] = True
 
-    def options(self) -> dict:
-        """The sampler's options, as a JSON-friendly dict (recorded in exported graphs and reports)."""
+    def config(self) -> dict:
+        """The sampler's options, as a JSON-friendly dict (recorded in reports). Named ``config`` like ``SDE.config``
+        (``ODESolver`` has a field called ``options``: torchdiffeq's options dict)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
     def is_deterministic(self) -> bool:
@@ -332,6 +333,7 @@ class UniPC(GridSampler):
         big_r = np.array([[r ** (i - 1) for r in rks] for i in range(1, p + 1)])
         res = Lin()
         if d_t is None:
+            rhos = np.zeros(0)  # p == 1: no earlier differences to correct with
             if p == 2:
                 rhos = np.array([0.5])
             elif p > 2:

@@ -7,6 +7,7 @@ shorthands for ``ODESolver(method='rk4')`` and ``SDESolver(method='srk')``. ``ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -76,7 +77,7 @@ def _plain(v: Any) -> Any:
 
 
 def make_grid(
-    spec: Grid | str | torch.Tensor | list | tuple | np.ndarray | None, sampler: Sampler, discrete: bool
+    spec: Grid | str | torch.Tensor | Sequence[float] | np.ndarray | None, sampler: Sampler, discrete: bool
 ) -> Grid:
     """A grid object from a name, explicit times (a decreasing tensor/list) or an object. None gives the default:
     'leading' for networks on the DDPM timesteps (``discrete``, as diffusers), else the sampler's default grid."""

@@ -110,6 +110,7 @@ class NoiseSource:
         return z
 
     def _explicit_slice(self, k: int) -> Tensor:
+        assert isinstance(self.explicit, Tensor)  # the caller dispatched on it
         if k >= self.explicit.shape[0]:
             raise ValueError(
                 f"`noise` has {self.explicit.shape[0]} draws but the sampler needs more (draw {k + 1}); pass a "

@@ -93,7 +93,7 @@ class ODESolver(Sampler):
     method: str = "dopri5"
     rtol: float | None = None
     atol: float | None = None
-    options: dict | None = None
+    options: dict | None = None  # torchdiffeq's options (Sampler.config() reports them)
     name: ClassVar[str] = "ode"
 
     def __post_init__(self) -> None:
@@ -169,7 +169,7 @@ class GridBrownian(BaseBrownian):
         self._k = -1
         self._cache: tuple[Tensor, Tensor | None] | None = None
 
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803 - torchsde's names
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None:
             raise RuntimeError("GridBrownian answers interval queries bm(ta, tb) only.")
         ta, tb = float(ta), float(tb)
@@ -182,9 +182,11 @@ class GridBrownian(BaseBrownian):
             self._k, self._cache = k, (w, hh)
         elif k != self._k:
             raise RuntimeError(f"GridBrownian: query [{ta}, {tb}] is off the fixed-dt grid (step {k}).")
+        assert self._cache is not None  # step k was drawn above
         w, hh = self._cache
         out = [w]
         if return_U:
+            assert hh is not None  # U is asked for by the methods that use space-time Levy area only
             out.append(h * (0.5 * w + hh))
         if return_A:
             out.append(torch.zeros(*self._shape, self._shape[1], dtype=w.dtype, device=w.device))
@@ -211,25 +213,36 @@ class GridBrownian(BaseBrownian):
 
 
 class _ReverseSDE(ReverseSDE):
-    """``ReverseSDE`` whose first drift call (torchsde's shape check in ``check_contract``) is answered without the
-    network, so NFE counts only integration steps. The SDE type is chosen per method (additive noise: same SDE)."""
+    """``ReverseSDE`` whose first drift evaluation is remembered until the next call.
+
+    torchsde's ``check_contract`` evaluates the drift once at (s0, y0) to check its shape, and most methods' first step
+    evaluates it again at the same point. The remembered value answers that repeat, so the solver always sees the
+    true drift and the network runs once per distinct point; a method whose first step evaluates elsewhere simply
+    leaves the shape check's evaluation counted (it was made). The SDE type is chosen per method (additive noise:
+    same SDE).
+    """
 
     def __init__(self, sde: SDE, score: ScoreModel, sample_shape: tuple[int, ...], sde_type: str) -> None:
         super().__init__(sde, score, sample_shape)
         self.sde_type = sde_type
-        self._checked = False
+        self._first: tuple[float, Tensor, Tensor] | None = None  # (s, y, drift) of the first call
+        self._calls = 0
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
-        if not self._checked:
-            self._checked = True
-            return torch.zeros_like(y)
-        return super().f(s, y)
+        self._calls += 1
+        first, self._first = self._first, None
+        if first is not None and first[1] is y and first[0] == float(s):
+            return first[2]
+        drift = super().f(s, y)
+        if self._calls == 1:
+            self._first = (float(s), y, drift)
+        return drift
 
 
 def solve_reverse_sde(
     score: ScoreModel,
     sde: SDE,
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     *,
     solver: str,
     eps: float,
@@ -275,7 +288,7 @@ def solve_reverse_sde(
 def solve_pf_ode(
     score: ScoreModel,
     sde: SDE,
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     *,
     solver: str,
     times: Tensor,
@@ -292,4 +305,5 @@ def solve_pf_ode(
         out = torchdiffeq.odeint(ode, x_T, t, method=solver, rtol=rtol, atol=atol, options=options)
     else:
         out = torchdiffeq.odeint(ode, x_T, t, method=solver, options=options)
+    assert isinstance(out, Tensor)  # a tensor state gives a tensor solution
     return out[-1]

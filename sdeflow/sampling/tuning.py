@@ -152,7 +152,7 @@ class CalibrationReference:
     times: the K candidate times (float64, T down to eps, uniform in log-SNR); cost: the [K, K] float64 matrix
     C_ij of DDIM jump errors (module docstring; inf for j <= i); eps, rtol: what it was computed with."""
 
-    x_T: Tensor  # noqa: N815
+    x_T: Tensor
     x_eps: Tensor
     times: Tensor
     cost: Tensor
@@ -164,7 +164,7 @@ class CalibrationReference:
 def calibration_reference(
     model: ScoreModel | Callable[[Tensor, Tensor], Tensor],
     sde: SDE,
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     *,
     eps: float = 1e-3,
     candidates: int = 128,
@@ -189,6 +189,7 @@ def calibration_reference(
         ode = ProbabilityFlowODE(sde, score)
         t_dev = times.to(dtype=x_T.dtype, device=x_T.device)
         xs = torchdiffeq.odeint(ode, x_T, t_dev, method="dopri5", rtol=rtol, atol=rtol)
+        assert isinstance(xs, Tensor)  # a tensor state gives a tensor solution
         k = times.shape[0]
         cost = torch.full((k, k), math.inf, dtype=torch.float64)
         d = x_T[0].numel()
@@ -248,7 +249,7 @@ class TuneResult:
         """A JSON-friendly record of how the grid was made (what ``save_grid`` stores next to the times)."""
         return {
             "sampler": self.sampler.name,
-            "options": self.sampler.options(),
+            "options": self.sampler.config(),
             "nfe": self.nfe,
             "steps": self.steps,
             "eps": self.eps,
@@ -318,7 +319,7 @@ def tune_grid(
     sampler: Sampler | str,
     nfe: int,
     *,
-    x_T_calibration: Tensor | None = None,  # noqa: N803
+    x_T_calibration: Tensor | None = None,
     reference: CalibrationReference | None = None,
     eps: float | None = None,
     candidates: int = 128,
@@ -362,6 +363,7 @@ def tune_grid(
             "`reference` (from calibration_reference), exactly one of them."
         )
     if reference is None:
+        assert x_T_calibration is not None  # exactly one of the two, checked above
         reference = calibration_reference(
             score, sde, x_T_calibration, eps=1e-3 if eps is None else eps, candidates=candidates, rtol=reference_tol
         )
@@ -376,7 +378,7 @@ def tune_grid(
     k = reference.times.shape[0]
     if k - 1 < steps:
         raise ValueError(f"`candidates` ({k}) must exceed the steps ({steps}); use e.g. candidates=128.")
-    x_T, x_ref = reference.x_T, reference.x_eps  # noqa: N806
+    x_T, x_ref = reference.x_T, reference.x_eps
 
     def run(times: Sequence[float]) -> float:
         out = sample(score, sde, x_T, sampler=smp, grid=Times(tuple(times)), eps=eps_).samples
@@ -430,7 +432,7 @@ def tune_grid(
             if not improved:
                 delta /= 2
         best_times = to_times(lam)
-    source = f"tune_grid({smp.name} {smp.options()}, nfe={nfe}, calibration B={x_T.shape[0]}, start={start})"
+    source = f"tune_grid({smp.name} {smp.config()}, nfe={nfe}, calibration B={x_T.shape[0]}, start={start})"
     return TuneResult(
         grid=Times(tuple(best_times), source=source),
         sampler=smp,

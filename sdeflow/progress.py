@@ -1,0 +1,81 @@
+"""The one progress event the library reports through its ``progress=`` / ``callback=`` arguments, and the bar
+that shows such events.
+
+Library functions never draw progress bars themselves: they call ``progress(Progress(...))``. The CLI (or a user)
+passes a ``ProgressBar``, which is a tqdm bar on a terminal and a few plain lines in a log (a CI log of one
+quickstart is not mostly progress bars).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+__all__ = ["Progress", "ProgressBar", "PLAIN_LINES"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` units of ``stage`` are finished.
+
+    Attributes:
+        stage: what is progressing ('train', 'likelihood', 'sample', ...).
+        done, total: units finished and planned (steps, examples, batches; a fraction with total 1.0).
+        info: figures worth showing next to the bar (e.g. {'loss': 5.9}).
+    """
+
+    stage: str
+    done: float
+    total: float
+    info: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        """done / total in [0, 1] (1 when total is 0)."""
+        return min(max(self.done / self.total, 0.0), 1.0) if self.total else 1.0
+
+
+PLAIN_LINES = 4  # lines a bar writes when its stream is not a terminal: at 25 %, 50 %, 75 % and 100 %
+
+
+class ProgressBar:
+    """Shows ``sdeflow.progress.Progress`` events of one stage: call it with each event, ``close()`` at the end.
+
+    ``enabled=False`` shows nothing. On a terminal it is a tqdm bar (its total from the first event); otherwise it
+    prints one line each time another quarter of the work is done, so a log holds ``PLAIN_LINES`` lines per bar rather
+    than one per update.
+    """
+
+    def __init__(self, desc: str, unit: str, *, enabled: bool = True, stream: TextIO | None = None):
+        self.desc, self.unit = desc, unit
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._shown = 0  # quarters already printed (plain mode)
+        self._done = 0.0
+        self._bar: Any = None
+
+    def __call__(self, event: Progress) -> None:
+        if not self.enabled:
+            return
+        info = ", ".join(f"{k} {v:.4g}" for k, v in event.info.items())
+        if self._bar is None and self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=event.total, desc=self.desc, unit=self.unit, leave=False, file=self.stream)
+        if self._bar is not None:
+            self._bar.update(event.done - self._done)
+            if info:
+                self._bar.set_postfix_str(info, refresh=False)
+        else:
+            quarter = int(PLAIN_LINES * event.fraction)
+            if quarter > self._shown:
+                self._shown = quarter
+                tail = f" ({info})" if info else ""
+                print(f"{self.desc}: {event.done:g}/{event.total:g} {self.unit}{tail}", file=self.stream, flush=True)
+        self._done = event.done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
