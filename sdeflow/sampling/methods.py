@@ -162,6 +162,20 @@ def _final_order(k: int, steps: int, order: int, lower_order_final: bool, dst: G
     return p
 
 
+def _differences(b: PlanBuilder, k: int, ds: list[Lin], h: float, p: int) -> tuple[Lin, Lin, Lin]:
+    """DPM-Solver++'s multistep estimates at step k (s0 = point k, ds = [D_s0, D_s1, D_s2], h = lambda_t - lambda_s0):
+    D1_0 = (D_s0 - D_s1) / r0 estimates h D' to first order (order 2); for order 3 also
+    D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1), h D' to second order, and D2 = (D1_0 - D1_1)/(r0 + r1), h^2 D''/2."""
+    s0, s1 = b.point(k), b.point(k - 1)
+    r0 = (s0.lam - s1.lam) / h
+    d1_0 = (ds[0] - ds[1]) / r0
+    if p < 3:
+        return d1_0, d1_0, Lin()
+    r1 = (s1.lam - b.point(k - 2).lam) / h
+    d1_1 = (ds[1] - ds[2]) / r1
+    return d1_0, d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+
+
 @dataclass(frozen=True)
 class DPMSolverPP(GridSampler):
     """DPM-Solver++ multistep (Lu et al. 2022), data prediction D, orders 1-3 (2M is the default). Step s0 -> t,
@@ -203,18 +217,12 @@ class DPMSolverPP(GridSampler):
             h = dst.lam - src.lam
             em1 = math.expm1(-h)
             x = (dst.sigma / src.sigma) * b.x - (dst.alpha * em1) * ds[0]
-            if p >= 2:
-                r0 = (src.lam - b.point(k - 1).lam) / h
-                d1_0 = (ds[0] - ds[1]) / r0
-                if p == 2:
-                    x = x - (0.5 * dst.alpha * em1) * d1_0
-                else:
-                    r1 = (b.point(k - 1).lam - b.point(k - 2).lam) / h
-                    d1_1 = (ds[1] - ds[2]) / r1
-                    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                    d2 = (d1_0 - d1_1) / (r0 + r1)
-                    w2 = 1.0 if self.diffusers_3m else 2.0
-                    x = x + (dst.alpha * (em1 / h + 1)) * d1 - (w2 * dst.alpha * ((em1 + h) / h**2 - 0.5)) * d2
+            if p == 2:
+                x = x - (0.5 * dst.alpha * em1) * _differences(b, k, ds, h, p)[0]
+            elif p == 3:
+                _, d1, d2 = _differences(b, k, ds, h, p)
+                w2 = 1.0 if self.diffusers_3m else 2.0
+                x = x + (dst.alpha * (em1 / h + 1)) * d1 - (w2 * dst.alpha * ((em1 + h) / h**2 - 0.5)) * d2
             b.update(x)
             del ds[3:]
 
@@ -258,18 +266,12 @@ class DPMSolverPPSDE(GridSampler):
             h = dst.lam - src.lam
             one_m = -math.expm1(-2 * h)  # 1 - e^{-2h}
             x = (dst.sigma / src.sigma * math.exp(-h)) * b.x + (dst.alpha * one_m) * ds[0]
-            if p >= 2:
-                r0 = (src.lam - b.point(k - 1).lam) / h
-                d1_0 = (ds[0] - ds[1]) / r0
-                if p == 2:
-                    x = x + (0.5 * dst.alpha * one_m) * d1_0
-                else:
-                    r1 = (b.point(k - 1).lam - b.point(k - 2).lam) / h
-                    d1_1 = (ds[1] - ds[2]) / r1
-                    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                    d2 = (d1_0 - d1_1) / (r0 + r1)
-                    w2 = (one_m - 2 * h) / (2 * h) ** 2 - 0.5 if self.diffusers_3m else 1 - 1 / h + one_m / (2 * h * h)
-                    x = x + (dst.alpha * (one_m / (-2 * h) + 1)) * d1 + (dst.alpha * w2) * d2
+            if p == 2:
+                x = x + (0.5 * dst.alpha * one_m) * _differences(b, k, ds, h, p)[0]
+            elif p == 3:
+                _, d1, d2 = _differences(b, k, ds, h, p)
+                w2 = (one_m - 2 * h) / (2 * h) ** 2 - 0.5 if self.diffusers_3m else 1 - 1 / h + one_m / (2 * h * h)
+                x = x + (dst.alpha * (one_m / (-2 * h) + 1)) * d1 + (dst.alpha * w2) * d2
             b.update(x, dst.sigma * math.sqrt(one_m))
             del ds[3:]
 
