@@ -10,7 +10,7 @@
     probability-flow ODE on the trained network, from the same x_T (64 samples); the target is DDIM-50's error.
     For each candidate sampler the smallest S that reaches the target is found, the one with the fewest
     evaluations is exported, and its onnxruntime time is compared with PyTorch eager DDIM-50 at batch 1 and 64
-    (``sdeflow.export.quickstart.time_to_quality``, which ``sdeflow quickstart`` also reports, without tuning).
+    (``sdeflow.export.report.time_to_quality``, which ``sdeflow quickstart`` also reports, without tuning).
     ``--tune``: these candidates are also tried on grids from ``sdeflow.tune_grid`` (32 calibration x_T, separate
     from the 64 test x_T), for S from half their default-grid S upwards.
 With ``--cuda``: the CUDA execution provider with I/O binding and with CUDA graphs against PyTorch eager and a
@@ -33,7 +33,7 @@ import torch
 
 from sdeflow import DDPMTimesteps, load
 from sdeflow.export import OnnxSampler, export_sampler
-from sdeflow.export.quickstart import CANDIDATES, time_to_quality
+from sdeflow.export.report import CANDIDATES, time_to_quality
 from sdeflow.export.verify import relative_error
 from sdeflow.sampling import DDIM, make_sampler, sample
 

@@ -3,6 +3,7 @@
     export_sampler(model_or_checkpoint, path, sampler="unipc", steps=10, ...) -> ExportReport   (needs torch)
     export_ddim(model_or_checkpoint, path, steps=50, eta=0.0, ...)   (= export_sampler with DDIM(eta))
     OnnxSampler(path, providers="auto").sample(batch_size, seed)                             (numpy + onnxruntime)
+    deployment_report(checkpoint_dir, out_dir)   export + parity + speed + time to DDIM-50's quality, as a dict
 
 Names are resolved lazily so that importing this package does not import the exporter (torch, onnx). The runner
 lives in ``runtime.py``, a self-contained module: a deployment without torch loads that one file by path (the
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names __getattr__ resolves lazily, for type checkers
     from .onnx_export import ExportReport, OnnxExportError, export_ddim, export_sampler
-    from .quickstart import quickstart_export
+    from .report import deployment_report
     from .runtime import GraphInfo, NonFiniteOutputError, OnnxSampler
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     "OnnxSampler",
     "GraphInfo",
     "NonFiniteOutputError",
-    "quickstart_export",
+    "deployment_report",
 ]
 
 _LAZY = {
@@ -38,7 +39,7 @@ _LAZY = {
     "OnnxSampler": "runtime",
     "GraphInfo": "runtime",
     "NonFiniteOutputError": "runtime",
-    "quickstart_export": "quickstart",
+    "deployment_report": "report",
 }
 
 

@@ -13,7 +13,7 @@
    ``GUIDANCE``) and measures with a small CNN trained on the training digits (``sdeflow.classifier``) how many show
    their class;
 4. ``save_figures`` writes the sample grids and the loss curve; ``build_report`` assembles report.json's content and
-   ``summary_table`` the table the CLI prints. The ONNX stage is ``sdeflow.export.quickstart_export``.
+   ``summary_table`` the table the CLI prints. The ONNX stage is ``sdeflow.export.deployment_report``.
 """
 
 from __future__ import annotations

@@ -156,12 +156,12 @@ def test_auto_providers_falls_back_to_cpu_quietly(mlp_onnx, capfd):
     assert "Failed to load library" not in capfd.readouterr().err
 
 
-def test_quickstart_export_reports_parity_and_speed(tmp_path):
+def test_deployment_report_reports_parity_and_speed(tmp_path):
     from sdeflow import ContinuousTime
-    from sdeflow.export import quickstart_export
+    from sdeflow.export import deployment_report
 
     ckpt = _mlp_checkpoint(tmp_path / "ckpt", ContinuousTime())
-    out = quickstart_export(ckpt, tmp_path, steps=5, batch=4, repeats=1, quality=False)
+    out = deployment_report(ckpt, tmp_path, steps=5, batch=4, repeats=1, quality=False)
     import onnx
 
     onnx.checker.check_model(out["onnx"])  # the file on disk, checked here rather than trusting the report's flag
@@ -183,7 +183,7 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
     """The quickstart's figure: the best exported sampler's S reaches DDIM-50's error against dopri5, and its
     onnxruntime graph (on the grid it was chosen with, tuned or not) reproduces that error."""
     from sdeflow import ContinuousTime, load
-    from sdeflow.export.quickstart import time_to_quality
+    from sdeflow.export.report import time_to_quality
     from sdeflow.sampling import DPMSolverPP
 
     ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))

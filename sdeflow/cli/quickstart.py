@@ -1,6 +1,6 @@
 """``sdeflow quickstart``: the main job, end to end on the built-in 8x8 digits, in a few minutes on a laptop CPU.
 
-The stages are library functions (``sdeflow.quickstart``; the ONNX stage ``sdeflow.export.quickstart_export``);
+The stages are library functions (``sdeflow.quickstart``; the ONNX stage ``sdeflow.export.deployment_report``);
 this command calls them in order, shows their progress and prints what they return. It writes ``OUT/model`` (the
 checkpoint), ``OUT/report.json``, ``OUT/samples.png``, ``OUT/loss.png`` and ``OUT/model.onnx``.
 """
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sdeflow.export import quickstart_export
+    from sdeflow.export import deployment_report
 
     from .. import quickstart as qs
     from .._utils import atomic_write
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     figures = qs.save_figures(out, samples, test_set, result, class_grid)
     report = qs.build_report(out, train_set, test_set, result, ckpt, test_bpd, sampler_rows)
     report["conditional"] = conditional
-    report["onnx"] = onnx = quickstart_export(out / "model", out, seed=args.seed)
+    report["onnx"] = onnx = deployment_report(out / "model", out, seed=args.seed)
     print(f"ONNX export {onnx['onnx']} (DDIM {onnx['steps']} steps): max rel. error vs PyTorch "
           f"{max(onnx['parity_rel_error'].values()):.1e}; onnxruntime {onnx['speedup']}x PyTorch at batch "
           f"{onnx['batch']}")

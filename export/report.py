@@ -1,5 +1,6 @@
-"""The quickstart's export step: export the trained checkpoint, run it under onnxruntime, compare with PyTorch; and
-the time to quality of the exported samplers (``time_to_quality``, also run by benchmarks/bench_onnx.py)."""
+"""A deployment report for a checkpoint: export it, run it under onnxruntime, compare with PyTorch (parity and
+speed); and the time to quality of the exported samplers (``time_to_quality``). The quickstart and
+benchmarks/bench_onnx.py use both."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from .onnx_export import export_sampler
 from .runtime import OnnxSampler, draw_inputs
 from .verify import SamplerSpec, relative_error
 
-__all__ = ["quickstart_export", "time_to_quality", "CANDIDATES"]
+__all__ = ["deployment_report", "time_to_quality", "CANDIDATES"]
 
 # the exported samplers that compete for DDIM-50's quality in the fewest steps (each on its default grid)
 CANDIDATES: dict[str, GridSampler] = {
@@ -56,7 +57,7 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def quickstart_export(
+def deployment_report(
     checkpoint_dir: str | Path,
     out_dir: str | Path,
     steps: int = 50,
