@@ -107,6 +107,14 @@ class DSMLoss:
         td = t.double()
         return (sde.g2(td) / sde.sigma(td) ** 2).to(t.dtype)
 
+    def draw(self, model: ScoreModel, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n training times for ``model`` (``sample_t`` on its SDE): the loop-facing twin of ``DDPMLoss.draw``."""
+        return self.sample_t(model.sde, n, generator)
+
+    def at(self, model: ScoreModel, x0: Tensor, times: Tensor, noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Per-sample losses at the drawn ``times`` (from ``draw``) and ``noise``."""
+        return self(model, x0, t=times, noise=noise, cond=cond)
+
     def __call__(
         self,
         model: ScoreModel,
@@ -157,6 +165,17 @@ class DDPMLoss:
     ) -> Tensor:
         """Draw n timesteps uniformly from {0..N-1} (int64 [n])."""
         return torch.randint(0, N, (n,), generator=generator, device=device)
+
+    def draw(self, model: ScoreModel, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n training timesteps for ``model`` (uniform on {0..N-1} of its ``DDPMTimesteps`` label)."""
+        label = model.time_label
+        if not isinstance(label, DDPMTimesteps):
+            raise ValueError(f"The DDPM loss needs a DDPMTimesteps time label; got {label!r}.")
+        return self.sample_timesteps(n, label.N, generator)
+
+    def at(self, model: ScoreModel, x0: Tensor, times: Tensor, noise: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Per-sample losses at the drawn timesteps ``times`` (from ``draw``) and ``noise``."""
+        return self(model, x0, timesteps=times, noise=noise, cond=cond)
 
     def __call__(
         self,

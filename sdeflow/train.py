@@ -363,22 +363,14 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
         for step in range(start, config.steps):
             idx = torch.randint(0, len(data), (config.batch_size,), generator=gen)
             x0 = data.dequantize(gen, idx)
-            if isinstance(loss_fn, DDPMLoss):
-                tt = loss_fn.sample_timesteps(config.batch_size, config.N, gen)
-            else:
-                tt = loss_fn.sample_t(sde, config.batch_size, gen)
+            tt = loss_fn.draw(model, config.batch_size, gen)
             noise = torch.randn(x0.shape, generator=gen)
             cond = None
             if k is not None:  # condition dropout: the null class K with probability p_uncond
                 drop = torch.rand(config.batch_size, generator=gen) < config.p_uncond
                 labels = cast(Tensor, data.labels)  # k is set for labelled data only
                 cond = torch.where(drop, k, labels[idx])[sl].to(device)
-            if isinstance(loss_fn, DDPMLoss):
-                loss = loss_fn(model, x0[sl].to(device), timesteps=tt[sl].to(device), noise=noise[sl].to(device),
-                               cond=cond)
-            else:
-                loss = loss_fn(model, x0[sl].to(device), t=tt[sl].to(device), noise=noise[sl].to(device), cond=cond)
-            loss = loss.mean()
+            loss = loss_fn.at(model, x0[sl].to(device), tt[sl].to(device), noise[sl].to(device), cond).mean()
             loss_value = loss.detach().clone()
             if world > 1:
                 import torch.distributed as dist
@@ -457,15 +449,9 @@ def test_loss(model: ScoreModel, test: Dataset, loss_fn: DSMLoss | DDPMLoss, siz
     x0 = test.dequantize(g, torch.arange(n)).to(device)
     # a conditional model is scored on the test labels (the conditional loss), or unconditionally without them
     cond = test.labels[:n].to(device) if model.num_classes is not None and test.labels is not None else None
-    if isinstance(loss_fn, DDPMLoss):
-        label = model.time_label
-        assert isinstance(label, DDPMTimesteps)  # DDPMLoss is built with DDPMTimesteps (TrainConfig.time_label)
-        tt = loss_fn.sample_timesteps(n, label.N, g).to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        return float(loss_fn(model, x0, timesteps=tt, noise=noise, cond=cond).mean())
-    tt = loss_fn.sample_t(model.sde, n, g).to(device)
+    tt = loss_fn.draw(model, n, g).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
-    return float(loss_fn(model, x0, t=tt, noise=noise, cond=cond).mean())
+    return float(loss_fn.at(model, x0, tt, noise, cond).mean())
 
 
 test_loss.__test__ = False  # pyright: ignore[reportFunctionMemberAccess]  (not a pytest test)
