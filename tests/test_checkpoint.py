@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import crash_at_file_operation
 
 import sdeflow
 from sdeflow import VESDE, VPSDE, ContinuousTime, DDPMTimesteps
@@ -185,29 +186,12 @@ class _Crash(BaseException):
 def test_a_kill_at_any_point_of_a_save_leaves_one_consistent_pair(tmp_path, monkeypatch, point):
     """Interrupt the n-th file operation of a save (staging writes, the commit rename, the switch-over renames);
     readers then see exactly the old or exactly the new checkpoint, and the next writer completes or discards it."""
-    import os as _os
-
     from sdeflow import run_folder
 
     _save_mlp(tmp_path / "ck", 0)
     old = _weights(tmp_path / "ck")
     new = {k: v.clone() for k, v in _mlp(1).state_dict().items()}
-    calls, killed = [0], []
-    real_write, real_replace = run_folder._write_synced, _os.replace
-
-    def counted(fn):
-        def wrapper(*args):
-            calls[0] += 1
-            if calls[0] == point + 1:
-                killed.append(True)
-                raise _Crash
-            return fn(*args)
-        return wrapper
-
-    monkeypatch.setattr(run_folder, "_write_synced", counted(real_write))
-    monkeypatch.setattr(run_folder.os, "replace", counted(real_replace))
-    real_rmtree = run_folder.shutil.rmtree
-    monkeypatch.setattr(run_folder.shutil, "rmtree", lambda *a, **k: None if killed else real_rmtree(*a, **k))
+    crash_at_file_operation(monkeypatch, point, _Crash)
     try:
         _save_mlp(tmp_path / "ck", 1)
         crashed = False

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchdiffeq
+from conftest import crash_at_file_operation
 from safetensors.torch import load_file
 
 import sdeflow
@@ -189,27 +190,10 @@ def test_resume_after_a_kill_at_any_file_operation_is_bit_exact(tmp_path, monkey
     """Kill the run at the n-th file operation of its checkpoint commits (13 commits: step 0 and every step; 10
     operations each: 4 staged files and the commit record written, the commit rename, 4 switch-over renames): the
     folder then loads, its checkpoint and training state agree, and resuming ends bit-exact."""
-    import os as _os
 
-    from sdeflow import run_folder
     from sdeflow.train_state import folder_state
 
-    calls, killed = [0], []
-    real_write, real_replace = run_folder._write_synced, _os.replace
-
-    def counted(fn):
-        def wrapper(*args):
-            calls[0] += 1
-            if calls[0] == point + 1:
-                killed.append(True)
-                raise _Kill
-            return fn(*args)
-        return wrapper
-
-    monkeypatch.setattr(run_folder, "_write_synced", counted(real_write))
-    monkeypatch.setattr(run_folder.os, "replace", counted(real_replace))
-    real_rmtree = run_folder.shutil.rmtree
-    monkeypatch.setattr(run_folder.shutil, "rmtree", lambda *a, **k: None if killed else real_rmtree(*a, **k))
+    crash_at_file_operation(monkeypatch, point, _Kill)
     with pytest.raises(_Kill):
         train(SMALL, tmp_path / "run")
     monkeypatch.undo()

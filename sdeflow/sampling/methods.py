@@ -176,8 +176,32 @@ def _differences(b: PlanBuilder, k: int, ds: list[Lin], h: float, p: int) -> tup
     return d1_0, d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
 
 
+class _DPMSolverPPMultistep(GridSampler):
+    """The multistep loop shared by DPM-Solver++ and its SDE form: one evaluation per step, the data predictions D
+    of the last three points, the order of ``_final_order``, a last step to sigma = 0 returning alpha_t D0; each
+    subclass supplies ``_step`` (the update and its noise coefficient)."""
+
+    order: int
+    lower_order_final: bool
+
+    def _step(self, b: PlanBuilder, k: int, ds: list[Lin], p: int) -> tuple[Lin, float]:
+        raise NotImplementedError
+
+    def build(self, b: PlanBuilder, sde: SDE | None) -> None:
+        ds: list[Lin] = []  # D at points k, k-1, k-2
+        for k in range(b.steps):
+            dst = b.point(k + 1)
+            ds.insert(0, b.evaluate(b.x, k).x0)
+            del ds[3:]
+            if dst.sigma == 0:
+                b.update(dst.alpha * ds[0])
+                continue
+            x, noise = self._step(b, k, ds, _final_order(k, b.steps, self.order, self.lower_order_final, dst))
+            b.update(x, noise)
+
+
 @dataclass(frozen=True)
-class DPMSolverPP(GridSampler):
+class DPMSolverPP(_DPMSolverPPMultistep):
     """DPM-Solver++ multistep (Lu et al. 2022), data prediction D, orders 1-3 (2M is the default). Step s0 -> t,
     r0 = h_0 / h, r1 = h_1 / h (h_0 = lambda_s0 - lambda_s1, h_1 = lambda_s1 - lambda_s2):
         order 1:  x_t = (sigma_t/sigma_s0) x - alpha_t (e^{-h} - 1) D0
@@ -204,31 +228,22 @@ class DPMSolverPP(GridSampler):
         if self.diffusers_3m and self.order != 3:
             raise ValueError("DPMSolverPP: `diffusers_3m` applies to order=3 only.")
 
-    def build(self, b: PlanBuilder, sde: SDE | None) -> None:
-        ds: list[Lin] = []  # D at points k, k-1, ...
-        for k in range(b.steps):
-            src, dst = b.point(k), b.point(k + 1)
-            e = b.evaluate(b.x, k)
-            ds.insert(0, e.x0)
-            p = _final_order(k, b.steps, self.order, self.lower_order_final, dst)
-            if dst.sigma == 0:
-                b.update(dst.alpha * ds[0])
-                continue
-            h = dst.lam - src.lam
-            em1 = math.expm1(-h)
-            x = (dst.sigma / src.sigma) * b.x - (dst.alpha * em1) * ds[0]
-            if p == 2:
-                x = x - (0.5 * dst.alpha * em1) * _differences(b, k, ds, h, p)[0]
-            elif p == 3:
-                _, d1, d2 = _differences(b, k, ds, h, p)
-                w2 = 1.0 if self.diffusers_3m else 2.0
-                x = x + (dst.alpha * (em1 / h + 1)) * d1 - (w2 * dst.alpha * ((em1 + h) / h**2 - 0.5)) * d2
-            b.update(x)
-            del ds[3:]
+    def _step(self, b: PlanBuilder, k: int, ds: list[Lin], p: int) -> tuple[Lin, float]:
+        src, dst = b.point(k), b.point(k + 1)
+        h = dst.lam - src.lam
+        em1 = math.expm1(-h)
+        x = (dst.sigma / src.sigma) * b.x - (dst.alpha * em1) * ds[0]
+        if p == 2:
+            x = x - (0.5 * dst.alpha * em1) * _differences(b, k, ds, h, p)[0]
+        elif p == 3:
+            _, d1, d2 = _differences(b, k, ds, h, p)
+            w2 = 1.0 if self.diffusers_3m else 2.0
+            x = x + (dst.alpha * (em1 / h + 1)) * d1 - (w2 * dst.alpha * ((em1 + h) / h**2 - 0.5)) * d2
+        return x, 0.0
 
 
 @dataclass(frozen=True)
-class DPMSolverPPSDE(GridSampler):
+class DPMSolverPPSDE(_DPMSolverPPMultistep):
     """DPM-Solver++ SDE multistep (Lu et al. 2022; the form diffusers calls 'sde-dpmsolver++'), consistent with the
     reverse SDE, orders 1-3 (2 is the default), z ~ N(0, I) per step:
         order 1:  x_t = (sigma_t/sigma_s0) e^{-h} x + alpha_t (1 - e^{-2h}) D0 + sigma_t sqrt(1 - e^{-2h}) z
@@ -253,27 +268,18 @@ class DPMSolverPPSDE(GridSampler):
         if self.diffusers_3m and self.order != 3:
             raise ValueError("DPMSolverPPSDE: `diffusers_3m` applies to order=3 only.")
 
-    def build(self, b: PlanBuilder, sde: SDE | None) -> None:
-        ds: list[Lin] = []
-        for k in range(b.steps):
-            src, dst = b.point(k), b.point(k + 1)
-            e = b.evaluate(b.x, k)
-            ds.insert(0, e.x0)
-            p = _final_order(k, b.steps, self.order, self.lower_order_final, dst)
-            if dst.sigma == 0:
-                b.update(dst.alpha * ds[0])
-                continue
-            h = dst.lam - src.lam
-            one_m = -math.expm1(-2 * h)  # 1 - e^{-2h}
-            x = (dst.sigma / src.sigma * math.exp(-h)) * b.x + (dst.alpha * one_m) * ds[0]
-            if p == 2:
-                x = x + (0.5 * dst.alpha * one_m) * _differences(b, k, ds, h, p)[0]
-            elif p == 3:
-                _, d1, d2 = _differences(b, k, ds, h, p)
-                w2 = (one_m - 2 * h) / (2 * h) ** 2 - 0.5 if self.diffusers_3m else 1 - 1 / h + one_m / (2 * h * h)
-                x = x + (dst.alpha * (one_m / (-2 * h) + 1)) * d1 + (dst.alpha * w2) * d2
-            b.update(x, dst.sigma * math.sqrt(one_m))
-            del ds[3:]
+    def _step(self, b: PlanBuilder, k: int, ds: list[Lin], p: int) -> tuple[Lin, float]:
+        src, dst = b.point(k), b.point(k + 1)
+        h = dst.lam - src.lam
+        one_m = -math.expm1(-2 * h)  # 1 - e^{-2h}
+        x = (dst.sigma / src.sigma * math.exp(-h)) * b.x + (dst.alpha * one_m) * ds[0]
+        if p == 2:
+            x = x + (0.5 * dst.alpha * one_m) * _differences(b, k, ds, h, p)[0]
+        elif p == 3:
+            _, d1, d2 = _differences(b, k, ds, h, p)
+            w2 = (one_m - 2 * h) / (2 * h) ** 2 - 0.5 if self.diffusers_3m else 1 - 1 / h + one_m / (2 * h * h)
+            x = x + (dst.alpha * (one_m / (-2 * h) + 1)) * d1 + (dst.alpha * w2) * d2
+        return x, dst.sigma * math.sqrt(one_m)
 
 
 def _unipc_coefficients(rks: list[float], h: float, variant: str) -> tuple[float, float, np.ndarray]:
