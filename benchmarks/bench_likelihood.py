@@ -40,15 +40,19 @@ from sdeflow.divergence import draw_probes
 from sdeflow.likelihood import bits_per_dim, log_likelihood
 
 TARGET = 1e-4
-TOLS = tuple(10 ** (-3 - k / 4) for k in range(17))  # 1e-3 ... 1e-7, four per decade
+TOLS = tuple(10 ** (-3 - k / 8) for k in range(33))  # 1e-3 ... 1e-7, eight per decade
 REPEATS, MIN_SECONDS = 3, 2.0  # wall time: the fastest of >= REPEATS runs (and >= MIN_SECONDS in all) at that tolerance
-OPTIONS = {  # label -> log_likelihood keyword arguments (the first is sdeflow before issue 12)
-    "sdeflow, float32 state (before issue 12)": dict(state_dtype=None, error_control="all"),
-    "  float64 state (default)": dict(state_dtype=torch.float64, error_control="all"),
-    "  float64 state, log p control (x 10x looser)": dict(state_dtype=torch.float64, error_control="log_p"),
-    "  float64 state, time variable log_snr": dict(state_dtype=torch.float64, time_variable="log_snr"),
-    "  float64 state, time variable sigma_ratio": dict(state_dtype=torch.float64, time_variable="sigma_ratio"),
+F64 = torch.float64
+OPTIONS = {  # label -> log_likelihood keyword arguments: the options added one at a time, then the default's variants
+    "sdeflow before issue 12 (float32 state, control x and log p each, t)": dict(
+        state_dtype=None, error_control="all", time_variable="t"),
+    "  + float64 state": dict(state_dtype=F64, error_control="all", time_variable="t"),
+    "  + control: RMS over each example's state": dict(state_dtype=F64, error_control="rms", time_variable="t"),
+    "  + time sigma/alpha, state x/alpha = DEFAULT": dict(),
+    "  default with time variable log_snr": dict(time_variable="log_snr"),
+    "  default with log p control (x 10x looser)": dict(error_control="log_p"),
 }
+BASELINE = "baseline (score_sde: scipy RK45, t)"
 
 
 def baseline_log_likelihood(sde, score_fn, x, noise, rtol=1e-5, atol=1e-5, eps=1e-5, prior_logp=None):
@@ -103,14 +107,14 @@ def reach_target(name: str, sde, model, x: torch.Tensor, seeds: torch.Tensor, tr
     """For the baseline and every option: the loosest tolerance in TOLS with error <= TARGET, its NFE and time."""
     d = x[0].numel()
     noise = draw_probes("rademacher", x.shape[1:], 1, seeds)[0]
-    runs = {"baseline (score_sde: scipy RK45, t)": lambda tol: (lambda r: (r[0], r[1]))(
+    runs = {BASELINE: lambda tol: (lambda r: (r[0], r[1]))(
         baseline_log_likelihood(sde, model.score, x, noise, rtol=tol, atol=tol))}
     for label, kw in OPTIONS.items():
         runs[label] = lambda tol, kw=kw: (lambda r: (r.log_p.double(), r.nfe))(
             log_likelihood(sde, model, x, divergence="rademacher", seeds=seeds, rtol=tol, atol=tol, **kw))
     rows = {}
     print(f"\n{name}: NFE and wall time to reach {TARGET:.0e} nats/dim (worst of {x.shape[0]} examples, D = {d})")
-    print(f"   {'run':46s} {'rtol=atol':>9s} {'NFE':>5s} {'wall s':>7s} {'CPU s':>7s} {'error':>9s}"
+    print(f"   {'run':66s} {'rtol=atol':>9s} {'NFE':>5s} {'wall s':>7s} {'CPU s':>7s} {'error':>9s}"
           "   (error at each tolerance)")
     for label, run in runs.items():
         found, trail = None, []
@@ -126,25 +130,25 @@ def reach_target(name: str, sde, model, x: torch.Tensor, seeds: torch.Tensor, tr
                 break
         rows[label] = found
         if found:
-            print(f"   {label:46s} {found['tol']:9.0e} {found['nfe']:5d} {found['wall']:7.2f} {found['cpu']:7.2f} "
+            print(f"   {label:66s} {found['tol']:9.0e} {found['nfe']:5d} {found['wall']:7.2f} {found['cpu']:7.2f} "
                   f"{found['err']:9.1e}")
         else:
-            print(f"   {label:46s} {'not reached':>9s}   {' '.join(trail)}")
-    base = rows["baseline (score_sde: scipy RK45, t)"]
+            print(f"   {label:66s} {'not reached':>9s}   {' '.join(trail)}")
+    base = rows[BASELINE]
     for label, row in rows.items():
-        if row and base and label != "baseline (score_sde: scipy RK45, t)":
-            print(f"   vs baseline: {label:46s} NFE {base['nfe'] / row['nfe']:.2f}x fewer, "
+        if row and base and label != BASELINE:
+            print(f"   vs baseline: {label:66s} NFE {base['nfe'] / row['nfe']:.2f}x fewer, "
                   f"wall {base['wall'] / row['wall']:.2f}x faster, CPU {base['cpu'] / row['cpu']:.2f}x less")
     return rows
 
 
 def truth_of(sde, model, x, seeds, net=None) -> torch.Tensor:
-    """float64 state and network at rtol = atol = 1e-10 with the same probes."""
+    """float64 state and network at rtol = atol = 1e-10 with the same probes, in score_sde's variable t."""
     if net is not None:
         net.double()
     try:
         r = log_likelihood(sde, model, x.double(), divergence="rademacher", seeds=seeds, rtol=1e-10, atol=1e-10,
-                           dtype=torch.float64, error_control="all", max_steps=100_000)
+                           dtype=torch.float64, error_control="all", time_variable="t", max_steps=100_000)
     finally:
         if net is not None:
             net.float()
@@ -152,7 +156,8 @@ def truth_of(sde, model, x, seeds, net=None) -> torch.Tensor:
 
 
 def train_quickstart(conditioning: str, steps: int) -> Path:
-    """The quickstart's training run (sdeflow/cli/quickstart.py) with the given conditioning."""
+    """The quickstart's training run (sdeflow.quickstart.train_digits, class-conditional) with this conditioning."""
+    from sdeflow.quickstart import P_UNCOND
     from sdeflow.train import TrainConfig, train
 
     out = Path(tempfile.mkdtemp(prefix=f"bench_lik_{conditioning}_")) / "model"
@@ -163,7 +168,7 @@ def train_quickstart(conditioning: str, steps: int) -> Path:
     train(TrainConfig(data="digits", sde="vp", prediction="eps", loss="dsm", weighting="sigma2", steps=steps,
                       batch_size=128, lr=2e-3, warmup=50, lr_schedule="cosine", ema_decay=0.999,
                       eval_every=max(1, steps // 6), checkpoint_every=steps, seed=0, conditioning=conditioning,
-                      model=model), out)
+                      conditional=True, p_uncond=P_UNCOND, model=model), out)
     return out
 
 
@@ -180,6 +185,13 @@ def mlp64() -> tuple:
     return ck, gm.sample(32, generator=torch.Generator().manual_seed(2))
 
 
+NFE_VARIANTS = {  # the options of the conditioning table: the default, then one change at a time
+    "default": {}, "t": dict(time_variable="t"), "log_snr": dict(time_variable="log_snr"),
+    "log p control": dict(error_control="log_p"), "before (t, x and log p each)": dict(time_variable="t",
+                                                                                      error_control="all"),
+}
+
+
 def conditioning_gain(new: Path, old: Path) -> None:
     print("\nNoise conditioning: the quickstart UNet trained with label t (label_scale 1000, the conditioning before "
           "issue 12) and with c_noise = log(sigma/alpha)/4 (default); 32 test digits at rtol = atol = 1e-5 "
@@ -191,16 +203,13 @@ def conditioning_gain(new: Path, old: Path) -> None:
         idx = torch.arange(128)
         kw = dict(levels=test.levels, scale=test.scale, offset=test.offset, rtol=1e-5, atol=1e-5,
                   divergence="rademacher")
-        nfe = {tv: bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
-                                time_variable=tv, **kw).nfe for tv in ("t", "log_snr", "sigma_ratio")}
+        nfe = {name: bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(), **kw,
+                                  **opts).nfe for name, opts in NFE_VARIANTS.items()}
         wall, res = _timed(lambda ck=ck, idx=idx, kw=kw: bits_per_dim(
             ck.sde, ck.score_model, test.codes[idx], seeds=idx.tolist(), **kw))
         se = (res.bpd.std() / math.sqrt(len(idx))).item()
-        nfe_lp = bits_per_dim(ck.sde, ck.score_model, test.codes[idx[:32]], seeds=idx[:32].tolist(),
-                              error_control="log_p", **kw).nfe
-        print(f"   {label:20s} NFE (32 digits) t {nfe['t']:4d} (log p control: {nfe_lp:4d}), log_snr "
-              f"{nfe['log_snr']:4d}, sigma_ratio {nfe['sigma_ratio']:4d};  test bpd {res.bpd.mean():.4f} +- "
-              f"{se:.4f} (128 digits, NFE {res.nfe}, {wall:.1f} s)")
+        print(f"   {label:20s} NFE (32 digits) " + ", ".join(f"{k} {v}" for k, v in nfe.items())
+              + f";  test bpd {res.bpd.mean():.4f} +- {se:.4f} (128 digits, NFE {res.nfe}, {wall:.1f} s)")
         bpds.append(res.bpd.double())
     diff = bpds[1] - bpds[0]
     print(f"   paired difference c_noise - label t: {diff.mean():+.4f} +- {diff.std() / math.sqrt(len(diff)):.4f} "

@@ -1,7 +1,7 @@
 """The augmented probability-flow ODE for likelihoods: state (x, delta), divergence estimators and time variables.
 
 Along the PF-ODE dx/dt = F(x, t) = f(t) x - 1/2 g(t)^2 s(x, t) the log-density obeys d log p_t(x(t))/dt = -div F, so
-    log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div_x F(x(t), t) dt                       (MATH.md section 5).
+    log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div_x F(x(t), t) dt                (docs/math.md section 5).
 ``AugmentedFlow`` integrates (x, delta) with d delta/dtau = b(tau) div_x s in a time variable tau of the caller's
 choice. The linear drift's divergence is not integrated: div_x(f(t) x) = D f(t) and int_eps^T f dt = log(alpha(T) /
 alpha(eps)) in closed form (docs/math.md section 9), which ``drift_log_det`` returns; only the score
@@ -11,15 +11,19 @@ A monotone change of time variable, dx/dtau = (dt/dtau) F, leaves both x(T) and 
 it only changes where an adaptive solver spends its steps.
 
 Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dlog(alpha)/dt:
-    't'            tau = t (the default; score_sde's form): dx/dt = f x - 1/2 g^2 s.
-    'log_snr'      tau = lambda(t) = log(alpha/sigma):
+    'sigma_ratio'  tau = u = sigma/alpha = e^{-lambda} (EDM's noise level) with the scaled state
+                   y = x/alpha: dy/du = -sigma s(alpha y, t) (= eps_hat for an eps-network; EDM's and DDIM's ODE). The
+                   linear drift is gone from the state's equation (alpha carries it), trajectories are nearly
+                   straight, and x(T) = alpha(T) y(T). The divergence part is unchanged: div_y of dy/du is
+                   -(sigma^2/u) div_x s, the same integrand as in x.
+    't'            tau = t (score_sde's form), state x: dx/dt = f x - 1/2 g^2 s.
+    'log_snr'      tau = lambda(t) = log(alpha/sigma), state x:
                    dx/dlambda = -(2 sigma^2 / g^2) f x + sigma^2 s(x, t)   (= sigma^2 (x + s) for VP, sigma^2 s for VE).
-    'sigma_ratio'  tau = u = sigma/alpha = e^{-lambda} (EDM's noise level): dx/du = -(1/u) dx/dlambda.
-                   For an eps-network the motion near the data is linear in u but ~ sqrt(t) in t.
-Measured (benchmarks/RESULTS.md): on Gaussian mixtures 't' needs the fewest steps for VP/sub-VP and 'sigma_ratio'
-for VE; networks conditioned on c_noise (``LogNoiseLevel``) are smooth in log-SNR, and 'log_snr' / 'sigma_ratio'
-need up to 1.4x fewer evaluations on them. A network that embeds 1000 t oscillates in t (period ~0.006), which sets
-the step size in every variable (3x the evaluations of the same network conditioned on c_noise).
+Measured (benchmarks/RESULTS.md): with the per-example RMS error control 'sigma_ratio' needs the fewest evaluations
+at equal accuracy on the 16-D mixture oracle, a smooth 64-D eps-MLP and the quickstart UNet (and on VE mixtures);
+'t' is better on some low-dimensional VP/sub-VP mixtures. A network that embeds 1000 t oscillates in t (period
+~0.006), which sets the step size (3x the evaluations of the same network conditioned on c_noise), and is best
+integrated in t. ``auto_time_variable`` (``time_variable='auto'``, the default of ``log_likelihood``) picks by that.
 
 Divergence estimators (``DIVERGENCES``), one network forward per evaluation in every case:
     'exact'       sum_i dF_i/dx_i from D vector-Jacobian products with the basis vectors, batched over the shared
@@ -44,17 +48,30 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .parametrization import ScoreModel
+from .parametrization import LogNoiseLevel, ScoreModel
 from .progress import Progress
 from .sde import SDE
 
-__all__ = ["DIVERGENCES", "TIME_VARIABLES", "AugmentedFlow", "draw_probes", "example_seeds"]
+__all__ = ["DIVERGENCES", "TIME_VARIABLES", "AugmentedFlow", "auto_time_variable", "draw_probes", "example_seeds"]
 
 DIVERGENCES: tuple[str, ...] = ("exact", "rademacher", "gaussian")
-TIME_VARIABLES: tuple[str, ...] = ("t", "sigma_ratio", "log_snr")
+TIME_VARIABLES: tuple[str, ...] = ("sigma_ratio", "t", "log_snr")
 
 # Largest number of elements of one vmapped batch of basis vectors in the exact divergence ([chunk, B, D]).
 _EXACT_CHUNK_ELEMENTS = 1 << 24
+
+
+def auto_time_variable(model: ScoreModel) -> str:
+    """The integration variable ``time_variable='auto'`` picks: 't' for a network whose time input is t itself (any
+    time label but ``LogNoiseLevel``: its embedding of ~1000 t oscillates uniformly in t and sets the step size
+    there), else 'sigma_ratio' (networks conditioned on the noise level, closed-form and plain-callable scores).
+
+    Measured (benchmarks/RESULTS.md): the quickstart UNet conditioned on 1000 t needs 416 evaluations in t and 596 in
+    sigma_ratio; conditioned on c_noise, 146 in t and 128 in sigma_ratio.
+    """
+    if isinstance(model.net, nn.Module) and not isinstance(model.time_label, LogNoiseLevel):
+        return "t"
+    return "sigma_ratio"
 
 
 def example_seeds(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -102,11 +119,16 @@ class _TimeChange:
         lam = self.sde.log_snr(t)
         return lam if self.name == "log_snr" else torch.exp(-lam)
 
+    @property
+    def scaled(self) -> bool:
+        """Whether the state is y = x / alpha(t) ('sigma_ratio') rather than x."""
+        return self.name == "sigma_ratio"
+
     def lam(self, tau: Tensor) -> Tensor:
         return tau if self.name == "log_snr" else -torch.log(tau)
 
     def coefficients(self, tau: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(t, a, b) with dx/dtau = a x + b s(x, t)."""
+        """(t, a, b) with dx/dtau = a x + b s(x, t); a = dlog(alpha)/dtau in every time variable."""
         sde = self.sde
         if self.name == "t":
             return tau, sde.drift_coef(tau), -0.5 * sde.g2(tau)
@@ -178,6 +200,17 @@ class AugmentedFlow(nn.Module):
     def callback_reject_step(self, t0: Tensor, y0: object, dt: Tensor) -> None:
         self.n_rejected += 1
 
+    def _alpha(self, t: float) -> float:
+        return float(self.sde.alpha(torch.tensor(t, dtype=torch.float64)))
+
+    def initial_state(self, x: Tensor) -> Tensor:
+        """The solver's state at t = eps for data x: x itself, or y = x / alpha(eps) for 'sigma_ratio'."""
+        return x / self._alpha(self.t_span[0]) if self.time.scaled else x
+
+    def latent(self, state: Tensor) -> Tensor:
+        """z = x(T) from the solver's state at T (alpha(T) y(T) for 'sigma_ratio')."""
+        return state * self._alpha(self.t_span[1]) if self.time.scaled else state
+
     def drift_log_det(self, d: int) -> float:
         """int_eps^T D f(t) dt = D log(alpha(T) / alpha(eps)) for samples of ``d`` elements: the linear drift's share
         of delta, exact (in any time variable, int a dtau = int f dt)."""
@@ -190,6 +223,10 @@ class AugmentedFlow(nn.Module):
         net_dtype = self.net_dtype or x.dtype
         t, a, b = self.time.coefficients(tau.clamp(self.lo, self.hi))
         t_b = t.to(net_dtype).expand(x.shape[0])
+        # the scaled state y = x / alpha moves as dy/dtau = (b / alpha) s(alpha y, t), since a = dlog(alpha)/dtau
+        alpha = self.sde.alpha(t) if self.time.scaled else None
+        if alpha is not None:
+            x = alpha.to(x.dtype) * x
 
         with torch.enable_grad():
             y = x.detach().to(net_dtype).requires_grad_(True)
@@ -206,8 +243,9 @@ class AugmentedFlow(nn.Module):
                 else:  # K probes share the forward pass: one vmapped VJP
                     w = torch.autograd.grad(s, y, v, is_grads_batched=True)[0]
                 div_s = (w * v).flatten(2).sum(2).transpose(0, 1)  # [B, K]
-        a, b = a.to(x.dtype), b.to(x.dtype)
-        return a * x + b * s.detach().to(x.dtype), b * div_s.to(x.dtype)
+        s, b = s.detach().to(x.dtype), b.to(x.dtype)
+        velocity = a.to(x.dtype) * x + b * s if alpha is None else (b / alpha.to(x.dtype)) * s
+        return velocity, b * div_s.to(x.dtype)
 
     @staticmethod
     def _exact_divergence(s: Tensor, y: Tensor) -> Tensor:

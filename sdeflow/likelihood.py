@@ -25,7 +25,7 @@ import torchdiffeq
 from torch import Tensor
 
 from . import _validate as V
-from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, draw_probes, example_seeds
+from .divergence import DIVERGENCES, TIME_VARIABLES, AugmentedFlow, auto_time_variable, draw_probes, example_seeds
 from .parametrization import ScoreModel, as_score_model
 from .progress import Progress
 from .sampling.solvers import ADAPTIVE_ODE_SOLVERS
@@ -38,7 +38,7 @@ __all__ = ["LikelihoodResult", "LikelihoodError", "log_likelihood", "BitsPerDimR
 # The adaptive torchdiffeq methods of sdeflow.sampling.solvers (the one list), less scipy_solver: it takes neither
 # the per-example norm nor step_t nor the step callbacks the likelihood's error control and counters need.
 ADAPTIVE_METHODS: tuple[str, ...] = tuple(m for m in ADAPTIVE_ODE_SOLVERS if m != "scipy_solver")
-ERROR_CONTROLS: tuple[str, ...] = ("all", "log_p")
+ERROR_CONTROLS: tuple[str, ...] = ("rms", "all", "log_p")  # the first is the default
 BOUNDS: tuple[str, ...] = ("plain", "importance")
 # With error_control='log_p' the latent x is held to X_TOL_FACTOR times looser tolerances than the log-density.
 X_TOL_FACTOR = 10.0
@@ -144,20 +144,24 @@ def _frozen_parameters(module: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _per_example_norm(x_weight: float) -> Callable[[tuple[Tensor, Tensor]], Tensor]:
-    """Step-size control norm: the worst example's max(x_weight * RMS of its x error, RMS of its delta errors).
+def _per_example_norm(error_control: str) -> Callable[[tuple[Tensor, Tensor]], Tensor]:
+    """Step-size control norm: the worst example's error, each example's error measured as ``error_control`` says.
 
-    torchdiffeq passes the errors already divided by atol + rtol |y|, so the norm <= 1 accepts a step. torchdiffeq's
-    default RMS over the whole batch lets one example's error hide behind the others' (an example can be off by
-    sqrt(B) times the tolerance); this norm holds every example to rtol/atol. ``x_weight`` = 1 holds x and delta
-    alike ('all'); 1 / X_TOL_FACTOR holds x to X_TOL_FACTOR times looser tolerances ('log_p').
+    torchdiffeq passes the errors already divided by atol + rtol |y|, so the norm <= 1 accepts a step. Per example:
+    'rms' the RMS over its whole augmented state (its D entries of x and its log-density entries together, as
+    score_sde's RK45 does over the whole batch); 'all' the larger of its x RMS and its log-density RMS (each held to
+    rtol/atol); 'log_p' the same with x held to ``X_TOL_FACTOR`` times looser tolerances. The worst example, not the
+    batch RMS (torchdiffeq's default, in which one example's error can hide behind the others' and be sqrt(B) times
+    the tolerance): every example is held to rtol/atol whatever its batch.
     """
+    x_weight = 1.0 / X_TOL_FACTOR if error_control == "log_p" else 1.0
 
     def norm(state: tuple[Tensor, Tensor]) -> Tensor:
         x, delta = state
-        rms_x = x.flatten(1).pow(2).mean(1).sqrt() * x_weight
-        rms_d = delta.pow(2).mean(1).sqrt()
-        return torch.maximum(rms_x, rms_d).max()
+        sq_x, sq_d = x.flatten(1).pow(2), delta.pow(2)
+        if error_control == "rms":
+            return ((sq_x.sum(1) + sq_d.sum(1)) / (sq_x.shape[1] + sq_d.shape[1])).sqrt().max()
+        return torch.maximum(sq_x.mean(1).sqrt() * x_weight, sq_d.mean(1).sqrt()).max()
 
     return norm
 
@@ -175,11 +179,11 @@ def log_likelihood(
     probes: int = 1,
     dtype: torch.dtype | None = None,
     state_dtype: torch.dtype | None = torch.float64,
-    error_control: str = "all",
+    error_control: str = "rms",
     generator: torch.Generator | None = None,
     seeds: Tensor | Sequence[int] | None = None,
     prior_logp: Callable[[Tensor], Tensor] | None = None,
-    time_variable: str = "t",
+    time_variable: str = "auto",
     max_steps: int = 10_000,
     callback: Callable[[Progress], None] | None = None,
     cond: Tensor | int | Sequence[int] | None = None,
@@ -205,18 +209,22 @@ def log_likelihood(
         state_dtype: dtype of the ODE state (x, delta) and of the solver's arithmetic (default float64: the
             accumulated log-density has no float32 rounding floor, and it costs nothing measurable next to the
             network); None keeps the state in ``dtype``. The network always runs in ``dtype``.
-        error_control: what the step-size control holds to rtol/atol: 'all' (default) x and the log-density alike;
-            'log_p' the log-density, with x held to ``X_TOL_FACTOR`` (10) times looser tolerances. 'log_p' takes
-            fewer evaluations at a given tolerance but, measured against a float64 solution (benchmarks/RESULTS.md),
-            not at a given accuracy on networks: the reported log p includes log p_T(z), whose error is that of z
+        error_control: what the step-size control holds to rtol/atol, for every example (the worst one decides):
+            'rms' (default) the RMS error over the example's whole state (its x entries and its log-density
+            together); 'all' x and the log-density each; 'log_p' the log-density, with x held to ``X_TOL_FACTOR``
+            (10) times looser tolerances. Measured against a float64 solution (benchmarks/RESULTS.md), 'rms' needs
+            the fewest evaluations at a given accuracy; 'log_p' saves evaluations at a given tolerance but not at a
+            given accuracy on networks: the reported log p includes log p_T(z), whose error is that of z
             (d log p_T / dz = -z / sigma_T^2), so x matters as much as the divergence integral.
         generator: draws the per-example probe seeds when ``seeds`` is not given.
         seeds: per-example probe seeds [B] (int); the same seed gives the same probes whatever the batch. The CLI
             uses seed + dataset index.
         prior_logp: log-density of the prior z -> [B] (default: the SDE's p_T, ``sde.prior_logp``); pass e.g.
             ``GaussianMixture.prior_logp(sde)`` for the exact p_T of an oracle.
-        time_variable: the integration variable: 't' (default), 'sigma_ratio' (u = sigma/alpha, often fewer steps
-            for VE) or 'log_snr' (lambda). The likelihood is the same up to solver tolerance; see
+        time_variable: the integration variable: 'sigma_ratio' (u = sigma/alpha with the state x / alpha, EDM's
+            ODE, nearly straight trajectories), 't' (score_sde's) or 'log_snr' (lambda); 'auto' (default):
+            'sigma_ratio', or 't' for a network conditioned on t rather than the noise level
+            (``sdeflow.divergence.auto_time_variable``). The likelihood is the same up to solver tolerance; see
             ``sdeflow.divergence`` for the formulas and benchmarks/RESULTS.md for measured step counts.
         max_steps: most solver steps before ``LikelihoodError``.
         callback: called with ``Progress('likelihood', fraction of the interval done, 1.0)`` after every accepted
@@ -238,6 +246,10 @@ def log_likelihood(
     eps = V.check_float(eps, "eps")  # its range is checked below
     probes, max_steps = V.check_int(probes, "probes", min=1), V.check_int(max_steps, "max_steps", min=1)
     model = as_score_model(score, sde)
+    if time_variable not in ("auto", *TIME_VARIABLES):
+        raise ValueError(f"Invalid time_variable {time_variable!r}. Must be one of {('auto', *TIME_VARIABLES)}.")
+    if time_variable == "auto":  # decided by the network itself, before a condition wraps it
+        time_variable = auto_time_variable(model)
     if cond is not None or model.num_classes is not None:
         if model.num_classes is None:
             raise ValueError("`cond` was given but the model is unconditional (num_classes=None).")
@@ -254,8 +266,6 @@ def log_likelihood(
         )
     if divergence not in DIVERGENCES:
         raise ValueError(f"Invalid divergence {divergence!r}. Must be one of {DIVERGENCES}.")
-    if time_variable not in TIME_VARIABLES:
-        raise ValueError(f"Invalid time_variable {time_variable!r}. Must be one of {TIME_VARIABLES}.")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not (math.isfinite(tol) and tol > 0):
             raise ValueError(f"`{name}` must be a positive number such as 1e-5; got {tol}.")
@@ -293,15 +303,15 @@ def log_likelihood(
     tau_span = flow.tau_span.to(x.device)
 
     n_probe = 1 if divergence == "exact" else int(probes)
-    state0 = (x, torch.zeros(bsz, n_probe, dtype=state_dtype, device=x.device))
-    x_weight = 1.0 / X_TOL_FACTOR if error_control == "log_p" else 1.0
+    state0 = (flow.initial_state(x), torch.zeros(bsz, n_probe, dtype=state_dtype, device=x.device))
     try:
         with torch.no_grad(), _frozen_parameters(model):
             xs, deltas = torchdiffeq.odeint(
                 flow, state0, tau_span, method=method, rtol=rtol, atol=atol,
                 # step_t: land exactly on T instead of stepping past it and interpolating back (the field beyond T
                 # is only a clamped continuation).
-                options={"max_num_steps": int(max_steps), "norm": _per_example_norm(x_weight), "step_t": tau_span[1:]},
+                options={"max_num_steps": int(max_steps), "norm": _per_example_norm(error_control),
+                         "step_t": tau_span[1:]},
             )
     except AssertionError as err:
         raise _solver_error(err, flow, settings) from err
@@ -320,7 +330,7 @@ def log_likelihood(
     d = x[0].numel()
     sq_norm = torch.full((1,), float(d), dtype=state_dtype, device=x.device) if probe_tensor is None else (
         probe_tensor.to(state_dtype).flatten(2).pow(2).sum(2).T)  # [B, K]
-    z, probe_delta = xs[-1], deltas[-1] + flow.drift_log_det(d) / d * sq_norm
+    z, probe_delta = flow.latent(xs[-1]), deltas[-1] + flow.drift_log_det(d) / d * sq_norm
     prior = (prior_logp or sde.prior_logp)(z)
     if not isinstance(prior, Tensor) or prior.shape != (bsz,):
         raise ValueError(

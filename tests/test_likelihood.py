@@ -113,7 +113,7 @@ def test_time_variables_agree_and_progress_is_reported() -> None:
     done = [e.done for e in events]
     assert {(e.stage, e.total) for e in events} == {("likelihood", 1.0)}
     assert len(done) == ref.n_steps and done == sorted(done) and done[-1] == pytest.approx(1.0)
-    for tv in ("sigma_ratio", "log_snr"):
+    for tv in ("t", "log_snr"):  # the default is 'sigma_ratio', with the scaled state x / alpha
         other = log_likelihood(sde, gm.score_model(sde), x, time_variable=tv, rtol=1e-8, atol=1e-8)
         assert (other.log_p - ref.log_p).abs().max() < 1e-5
         assert (other.z - ref.z).abs().max() < 1e-5

@@ -23,7 +23,7 @@ def _mixture(dim: int, seed: int = 0) -> GaussianMixture:
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("state_dtype", [torch.float64, None], ids=["state64", "state_same"])
-@pytest.mark.parametrize("error_control", ["log_p", "all"])
+@pytest.mark.parametrize("error_control", ["rms", "all", "log_p"])
 def test_every_option_meets_the_oracle_tolerance(sde_name, dtype, state_dtype, error_control) -> None:
     sde, dim = SDES[sde_name], 8
     gm = _mixture(dim, seed=11)
@@ -34,7 +34,8 @@ def test_every_option_meets_the_oracle_tolerance(sde_name, dtype, state_dtype, e
     assert err.max() < 1e-3, f"max error {err.max():.2e} nats/dim with {res.nfe} NFE"
     assert res.log_p.dtype == (state_dtype or dtype) and res.z.dtype == (state_dtype or dtype)
     assert res.settings["error_control"] == error_control
-    for tv in ("log_snr", "sigma_ratio"):
+    assert res.settings["time_variable"] == "sigma_ratio"  # the default
+    for tv in ("t", "log_snr"):
         other = log_likelihood(sde, gm.score_model(sde), x, dtype=dtype, state_dtype=state_dtype,
                                error_control=error_control, prior_logp=gm.prior_logp(sde), time_variable=tv)
         assert ((other.log_p.double() - gm.log_prob(x.double(), EPS, sde)).abs() / dim).max() < 1e-3
@@ -127,7 +128,7 @@ def test_one_draw_bounds_coincide() -> None:
 def test_option_errors() -> None:
     sde, gm = VPSDE(), _mixture(2)
     x = gm.sample(2)
-    with pytest.raises(ValueError, match=r"Invalid error_control 'x'. Must be one of \('all', 'log_p'\)"):
+    with pytest.raises(ValueError, match=r"Invalid error_control 'x'. Must be one of \('rms', 'all', 'log_p'\)"):
         log_likelihood(sde, gm.score_model(sde), x, error_control="x")
     with pytest.raises(ValueError, match="`state_dtype` must be torch.float32 or torch.float64; got torch.float16"):
         log_likelihood(sde, gm.score_model(sde), x, state_dtype=torch.float16)
@@ -146,3 +147,26 @@ def test_network_in_float32_state_in_float64() -> None:
     model = ScoreModel(net, sde, prediction="score")
     res = log_likelihood(sde, model, torch.randn(2, 3), divergence="rademacher", seeds=[0, 1])
     assert set(seen) == {(torch.float32, torch.float32)} and res.log_p.dtype == torch.float64
+
+
+def test_auto_time_variable_follows_the_network_time_input() -> None:
+    """'auto': t for a network that sees t, sigma_ratio for noise-level networks and closed-form scores."""
+    from sdeflow.divergence import auto_time_variable
+    from sdeflow.parametrization import ContinuousTime, LogNoiseLevel
+
+    sde, gm = VPSDE(), _mixture(2)
+    net = torch.nn.Linear(2, 2)
+    x = gm.sample(2, generator=torch.Generator().manual_seed(0))
+    for label, expected in ((ContinuousTime(), "t"), (LogNoiseLevel(sde), "sigma_ratio")):
+        model = ScoreModel(lambda y, t, net=net: net(y) + 0 * t[:, None], sde, time_label=label)
+        assert auto_time_variable(model) == "sigma_ratio"  # a plain callable has no time embedding of its own
+        module_model = ScoreModel(_TimeNet(), sde, time_label=label)
+        assert auto_time_variable(module_model) == expected
+        res = log_likelihood(sde, module_model, x, rtol=1e-3, atol=1e-3)
+        assert res.settings["time_variable"] == expected
+    assert log_likelihood(sde, gm.score_model(sde), x).settings["time_variable"] == "sigma_ratio"
+
+
+class _TimeNet(torch.nn.Module):
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return 0.1 * x * torch.cos(label)[:, None]

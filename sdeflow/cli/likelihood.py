@@ -62,11 +62,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "bound -log2 mean_j p(y_j) / D (tighter for K > 1); both are written either way",
     )
     ode.add_argument(
-        "--error-control", choices=["all", "log_p"], default="all",
-        help="step-size control on x and the log-density alike (all, default) or on the log-density with x held 10x "
-        "looser (log_p: fewer evaluations at a tolerance, not at an accuracy)",
+        "--error-control", choices=["rms", "all", "log_p"], default="rms",
+        help="step-size control, every example held to rtol/atol: the RMS over its x and log-density (rms, default), "
+        "x and the log-density each (all), or the log-density with x held 10x looser (log_p)",
     )
-    ode.add_argument("--time-variable", choices=["t", "sigma_ratio", "log_snr"], default="t")
+    ode.add_argument(
+        "--time-variable", choices=["auto", "sigma_ratio", "t", "log_snr"], default="auto",
+        help="integration variable: sigma/alpha with the state x/alpha (sigma_ratio: EDM's ODE), t or log-SNR; auto "
+        "(default): t for a network conditioned on t, else sigma_ratio",
+    )
     ode.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the network's dtype")
     ode.add_argument(
         "--state-dtype", choices=["float64", "float32"], default="float64",
