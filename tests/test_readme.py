@@ -38,6 +38,7 @@ README = (ROOT / "README.md").read_text()
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!-- (?P<marker>[^>]*?) -->\n)?```(?P<lang>python|bash)\n(?P<code>.*?)```", flags=re.S)
 ALLOWED_REASONS = ("needs a GPU", "needs torchrun")
+NOT_RUN = tuple(f"not-run: {reason}" for reason in ALLOWED_REASONS)
 CI_MARKERS = ("main-job", "test-command")  # the README's set-up commands, run by .ci/run
 
 # The only changes made to a documented command line before it runs: sizes. Each entry replaces the words on the
@@ -81,11 +82,11 @@ def _check_marker(block: Block) -> str | None:
     marker = block.marker
     if marker is None:
         return None
-    if marker.startswith("not-run: ") and marker.removeprefix("not-run: ") in ALLOWED_REASONS:
+    if marker in NOT_RUN:
         return marker
     if block.lang == "bash" and marker in CI_MARKERS:
         return "run by CI (.ci/run)"
-    allowed = [f"not-run: {r}" for r in ALLOWED_REASONS] + [f"{m} (bash)" for m in CI_MARKERS]
+    allowed = [*NOT_RUN, *(f"{m} (bash only)" for m in CI_MARKERS)]
     pytest.fail(f"{block.id}: marker <!-- {marker} --> is not one of {allowed}")
 
 
@@ -93,8 +94,7 @@ def _python_params() -> list:
     params = []
     for b in _blocks():
         if b.lang == "python":
-            ok = b.marker is not None and b.marker.removeprefix("not-run: ") in ALLOWED_REASONS
-            marks = [pytest.mark.skip(reason=f"marked {b.marker}")] if ok else []
+            marks = [pytest.mark.skip(reason=f"marked {b.marker}")] if b.marker in NOT_RUN else []
             params.append(pytest.param(b, id=b.id, marks=marks))
     return params
 
@@ -139,6 +139,16 @@ def test_markers_are_allowed_and_ci_commands_are_the_readmes():
         if block.marker in CI_MARKERS:
             assert block.code.strip() == _command(block.marker), f"{block.id} differs from README's {block.marker}"
 
+
+
+@pytest.mark.parametrize(
+    ("lang", "marker"),
+    [("python", "not-run: slow"), ("bash", "not-run: needs a big machine"), ("bash", "needs a GPU"),
+     ("python", "main-job")],
+)
+def test_an_unaccepted_marker_fails(lang, marker):
+    with pytest.raises(pytest.fail.Exception, match="is not one of"):
+        _check_marker(Block(ROOT / "docs" / "new.md", 1, lang, marker, "pass\n"))
 
 def test_ci_runs_the_readme_commands():
     """.ci/run extracts the README's two commands by their markers; check it finds exactly what the README shows."""
