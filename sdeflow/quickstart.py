@@ -32,7 +32,7 @@ from . import checkpoint
 from .data import Dataset, gaussian_bpd
 from .likelihood import BitsPerDimResult, bits_per_dim
 from .progress import Progress
-from .train import TrainConfig, TrainEvent, TrainResult, train
+from .train import TrainConfig, TrainResult, train
 
 __all__ = [
     "DRAWS", "PROBES", "TOL", "SAMPLERS", "check_out", "train_digits", "BitsPerDimReport", "evaluate_bits_per_dim",
@@ -80,9 +80,9 @@ def train_digits(
         eval_every=max(1, steps // 6), checkpoint_every=steps, seed=seed, conditional=True, p_uncond=P_UNCOND,
     )
 
-    def on_step(event: TrainEvent) -> None:
+    def on_step(event: Progress) -> None:
         if progress is not None:
-            progress(Progress("train", event.step, event.steps, {"loss": event.loss}))
+            progress(Progress("train", event.done, event.total, {"loss": event.info["loss"]}))
 
     result = train(config, folder, overwrite=overwrite, callback=on_step)
     return result, checkpoint.load(folder)

@@ -69,7 +69,7 @@ OUTPUTS: dict[str, str] = {"train": "folder", "likelihood": "folder", "quickstar
                            "sample": "file", "export": "file", "run-onnx": "file"}
 # Options that count something: each must be >= 1 wherever a command has it (and it is set)
 COUNTS = ("n", "steps", "batch", "batch_size", "limit", "probes", "draws", "max_steps", "n_samples", "n_distribution",
-          "dim", "components", "oracle_dim", "oracle_components", "eval_every", "checkpoint_every")
+          "calibration", "dim", "components", "oracle_dim", "oracle_components", "eval_every", "checkpoint_every")
 
 
 def check_common(args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
-"""Arguments shared by several commands: the sampler, its options and the time grid, mapped through the one name
-table (``sdeflow.sampling.names``)."""
+"""Arguments shared by several commands: the model source (a checkpoint or the oracle), the sampler, its options and
+the time grid (mapped through the one name table, ``sdeflow.sampling.names``)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,36 @@ SAMPLER_FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser, default: str = "ddim") -> None:
-    """--sampler (alias --method), the sampler options, --grid, --rho, --eps and --set-alpha-to-one."""
+def add_source_arguments(p: argparse.ArgumentParser, oracle_dim: int | None) -> None:
+    """--checkpoint, or the random mixture of --oracle-dim (default ``oracle_dim``), --oracle-components and
+    --oracle-seed (``sdeflow.sources.model_source``)."""
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder written by `sdeflow train` (sdeflow.load)")
+    p.add_argument("--oracle-dim", type=int, default=oracle_dim,
+                   help="without --checkpoint: dimension of the random mixture")
+    p.add_argument("--oracle-components", type=int, default=4)
+    p.add_argument("--oracle-seed", type=int, default=0, help="seed of the random mixture")
+
+
+def add_sampler_arguments(
+    p: argparse.ArgumentParser, default: str = "ddim", *, grid: bool = True, help: str | None = None
+) -> None:
+    """--sampler (alias --method), the sampler options and, with ``grid``, --adaptive, --grid, --rho, --eps and
+    --set-alpha-to-one (without: those are None for ``sampler_from_args``)."""
     from ..sampling import SAMPLERS
 
-    p.add_argument(
-        "--sampler",
-        "--method",
-        dest="sampler",
-        default=default,
-        help=f"one of {', '.join(SAMPLERS)}; 'ode:<torchdiffeq method>', 'sde:<torchsde method>' (default {default})",
-    )
+    if help is None:
+        help = f"one of {', '.join(SAMPLERS)}; 'ode:<torchdiffeq method>', 'sde:<torchsde method>' (default {default})"
+    p.add_argument("--sampler", "--method", dest="sampler", default=default, help=help)
     for dest, (flag, typ, help_) in SAMPLER_FLAGS.items():
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
-    p.add_argument("--adaptive", action="store_true", default=None, help="sde: adaptive steps")
     p.add_argument(
         "--lower-order-final", action=argparse.BooleanOptionalAction, default=None, help="multistep samplers"
     )
     p.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc: UniC corrector")
+    if not grid:
+        p.set_defaults(grid=None, rho=None, adaptive=None)
+        return
+    p.add_argument("--adaptive", action="store_true", default=None, help="sde: adaptive steps")
     p.add_argument(
         "--grid",
         default=None,
@@ -71,3 +83,4 @@ def sampler_from_args(args: argparse.Namespace):
     elif isinstance(grid, str) and grid.endswith(".json"):
         grid = load_grid(grid)
     return sampler, grid
+
