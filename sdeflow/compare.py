@@ -104,6 +104,11 @@ class CompareResult:
         text = json.dumps(json_safe(payload), indent=2, allow_nan=False)  # NaN/inf (e.g. no fitted order) -> null
         return atomic_write(path, lambda tmp: tmp.write_text(text))
 
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write ``out_dir``/compare.csv, compare.json and compare.png (each atomically); return the paths."""
+        out = Path(out_dir)
+        return [self.to_csv(out / "compare.csv"), self.to_json(out / "compare.json"), self.plot(out / "compare.png")]
+
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """A log-log picture (.png, .pdf or .svg) of error against NFE, one line per solver (noise floors dashed).
 
