@@ -1,10 +1,16 @@
-"""Arguments shared by several commands: the model source (a checkpoint or the oracle), the sampler, its options and
-the time grid (mapped through the one name table, ``sdeflow.sampling.names``)."""
+"""What several commands share: the model source arguments (a checkpoint or the oracle), the sampler, its options and
+the time grid (mapped through the one name table, ``sdeflow.sampling.names``), the mapping of parsed arguments to a
+library function's keyword arguments, and the progress bar."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from ..progress import ProgressBar
 
 # CLI flag -> sampler option. Only flags the user gives are passed, so an option that does not apply to the chosen
 # sampler is an error naming it (the sampler objects validate their options).
@@ -84,3 +90,25 @@ def sampler_from_args(args: argparse.Namespace):
         grid = load_grid(grid)
     return sampler, grid
 
+
+
+def call_args(args: argparse.Namespace, func: Callable[..., Any], *names: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of ``func`` (and ``names``, for those it takes through ``**``) that the parsed ``args``
+    hold under the same name, then ``overrides``: a flag's destination is the library argument's name, so the
+    mapping from flags to a library call is written once."""
+    wanted = set(inspect.signature(func).parameters) | set(names)
+    return {**{k: v for k, v in vars(args).items() if k in wanted}, **overrides}
+
+
+@contextmanager
+def progress_bar(args: argparse.Namespace, desc: str, unit: str) -> Iterator[ProgressBar]:
+    """A ``ProgressBar`` on the first torchrun process (the only one) unless --no-progress, closed at the end;
+    ``{world}`` in ``desc`` becomes the number of processes."""
+    from ..distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    bar = ProgressBar(desc.format(world=world), unit, enabled=rank == 0 and not getattr(args, "no_progress", False))
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -12,7 +12,11 @@ from __future__ import annotations
 import argparse
 
 from ..sde import SDES
+from ._common import call_args, progress_bar
 
+# the options evaluate_to_folder passes on to evaluate_dataset and log_likelihood (flag destinations = their names)
+SOLVER_OPTIONS = ("limit", "batch_size", "seed", "draws", "bound", "split", "conditional", "method", "rtol", "atol",
+                  "eps", "divergence", "probes", "time_variable", "max_steps", "error_control")
 HELP = "Exact log-likelihoods and bits/dim of a data set through the probability-flow ODE (torchrun-ready)."
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,32 +90,19 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..distributed import rank_and_world
     from ..likelihood_dataset import evaluate_to_folder
-    from ..progress import ProgressBar
     from ..sources import likelihood_source
 
     for name in ("rtol", "atol", "eps"):  # counts, --device and --out: sdeflow.cli.check_common
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    source = likelihood_source(
-        args.checkpoint, oracle=args.oracle, data=args.data, split=args.split, levels=args.levels, scale=args.scale,
-        offset=args.offset, oracle_dim=args.oracle_dim, oracle_components=args.oracle_components,
-        oracle_seed=args.oracle_seed, sde=args.sde, prior=args.prior, conditional=args.conditional, limit=args.limit,
-    )
-    rank, world = rank_and_world()
-    bar = ProgressBar(f"likelihood (rank 0 of {world})", "ex", enabled=rank == 0 and not args.no_progress)
-    try:
-        files = evaluate_to_folder(
-            source, args.out, device=args.device, dtype=getattr(torch, args.dtype), progress=bar, limit=args.limit,
-            batch_size=args.batch_size, seed=args.seed, draws=args.draws, bound=args.bound, split=args.split,
-            conditional=args.conditional, method=args.method, rtol=args.rtol, atol=args.atol, eps=args.eps,
-            divergence=args.divergence, probes=args.probes, time_variable=args.time_variable,
-            max_steps=args.max_steps, state_dtype=getattr(torch, args.state_dtype), error_control=args.error_control,
-        )
-    finally:
-        bar.close()
+    source = likelihood_source(**call_args(args, likelihood_source))
+    with progress_bar(args, "likelihood (rank 0 of {world})", "ex") as bar:
+        files = evaluate_to_folder(source, **call_args(
+            args, evaluate_to_folder, *SOLVER_OPTIONS, dtype=getattr(torch, args.dtype), progress=bar,
+            state_dtype=getattr(torch, args.state_dtype),
+        ))
     if files is None:  # another torchrun process: rank 0 writes and reports
         return 0
     result = files.result

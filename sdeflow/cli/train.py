@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import call_args, progress_bar
+
 HELP = "Train a score model (EMA weights, periodic test loss, resumable; multi-process under torchrun)."
 
 
@@ -56,38 +58,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
     from ..distributed import rank_and_world
-    from ..progress import Progress, ProgressBar
+    from ..progress import Progress
     from ..train import TrainConfig, train
 
+    bad = f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}."
     try:
         model = json.loads(args.model) if args.model else None
-    except json.JSONDecodeError:
-        model = None
-    if args.model and not isinstance(model, dict):
-        raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.")
-    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name in vars(args)}
-    config = TrainConfig(**{**options, "model": model})
-    rank0 = rank_and_world()[0] == 0
-    bar = ProgressBar("train", "step", enabled=rank0 and not args.no_progress)
+    except json.JSONDecodeError as err:
+        raise ValueError(bad) from err
+    if model is not None and not isinstance(model, dict):
+        raise ValueError(bad)
+    config = TrainConfig(**call_args(args, TrainConfig, model=model))
     last_test: dict[str, float] = {}
+    with progress_bar(args, "train", "step") as bar:
 
-    def callback(event: Progress) -> None:  # the bar shows the loss and the latest test loss
-        loss = event.info["loss"]
-        if "test_loss" in event.info:
-            last_test["test"] = event.info["test_loss"]
-            if not bar.enabled:
-                print(f"step {int(event.done)}: loss {loss:.4f}  test loss {last_test['test']:.4f}", flush=True)
-        bar(Progress("train", event.done, event.total, {"loss": loss, **last_test}))
+        def callback(event: Progress) -> None:  # the bar shows the loss and the latest test loss
+            loss = event.info["loss"]
+            if "test_loss" in event.info:
+                last_test["test"] = event.info["test_loss"]
+                if not bar.enabled:
+                    print(f"step {int(event.done)}: loss {loss:.4f}  test loss {last_test['test']:.4f}", flush=True)
+            bar(Progress("train", event.done, event.total, {"loss": loss, **last_test}))
 
-    try:
-        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, callback=callback,
-                       device=args.device)
-    finally:
-        bar.close()
-    if rank0:
+        result = train(config, **call_args(args, train, callback=callback))
+    if rank_and_world()[0] == 0:
         print(result.summary())
         print(f"checkpoint: {result.checkpoint}  (sdeflow.load or --checkpoint {result.checkpoint})")
     return 0
