@@ -137,3 +137,25 @@ def test_train_reports_progress_events_and_summarises(tmp_path) -> None:
     assert ["test_loss" in e.info for e in events] == [False, True, False, True]
     assert events[-1].info["test_loss"] == result.test_loss[-1][1] and events[0].info["loss"] == result.loss[0]
     assert result.summary().startswith("trained 4 steps in ") and "test loss" in result.summary()
+
+
+def test_grid_option_resolves_names_files_and_rho(tmp_path) -> None:
+    from sdeflow.sampling import Karras, Times, save_grid
+    from sdeflow.sampling.names import grid_option
+
+    assert grid_option(None) is None and grid_option("logsnr") == "logsnr"
+    assert grid_option("karras", rho=5.0) == Karras(rho=5.0) and grid_option(None, rho=3.0) == Karras(rho=3.0)
+    path = save_grid(tmp_path / "g.json", Times((1.0, 0.5, 1e-3)))
+    assert isinstance(grid_option(str(path)), Times)
+    with pytest.raises(ValueError, match=r"`rho`.* applies to the karras grid; got --grid logsnr"):
+        grid_option("logsnr", rho=7.0)
+
+
+def test_cli_exit_status_by_exception_class() -> None:
+    from sdeflow.checkpoint import CheckpointError
+    from sdeflow.cli import _exit_status
+    from sdeflow.likelihood import LikelihoodError
+    from sdeflow.run_folder import FolderLockedError
+
+    assert _exit_status(CheckpointError("x")) == 2 and _exit_status(FolderLockedError("x")) == 2
+    assert _exit_status(LikelihoodError("x")) == 1 and _exit_status(RuntimeError("x")) is None

@@ -8,9 +8,12 @@ import argparse
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..progress import ProgressBar
+
+if TYPE_CHECKING:
+    from ..sampling import Grid, Sampler
 
 # CLI flag -> sampler option. Only flags the user gives are passed, so an option that does not apply to the chosen
 # sampler is an error naming it (the sampler objects validate their options).
@@ -72,24 +75,14 @@ def add_sampler_arguments(
     )
 
 
-def sampler_from_args(args: argparse.Namespace):
+def sampler_from_args(args: argparse.Namespace) -> tuple[Sampler, Grid | str | None]:
     """The sampler object and the grid (object, name or None) the arguments name."""
-    from ..sampling import Karras, load_grid, make_sampler
+    from ..sampling import make_sampler
+    from ..sampling.names import grid_option
 
-    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
-    for k in ("adaptive", "lower_order_final", "corrector"):
-        if getattr(args, k) is not None:
-            options[k] = getattr(args, k)
-    sampler = make_sampler(args.sampler, **options)
-    grid: Any = args.grid
-    if args.rho is not None:
-        if grid not in (None, "karras"):
-            raise ValueError(f"--rho applies to the karras grid; got --grid {grid}.")
-        grid = Karras(rho=args.rho)
-    elif isinstance(grid, str) and grid.endswith(".json"):
-        grid = load_grid(grid)
-    return sampler, grid
-
+    options = {k: getattr(args, k) for k in (*SAMPLER_FLAGS, "adaptive", "lower_order_final", "corrector")}
+    sampler = make_sampler(args.sampler, **{k: v for k, v in options.items() if v is not None})
+    return sampler, grid_option(args.grid, args.rho)
 
 
 def call_args(args: argparse.Namespace, func: Callable[..., Any], *names: str, **overrides: Any) -> dict[str, Any]:
