@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -111,7 +111,7 @@ def likelihood_source(
     oracle_components: int = 4,
     oracle_seed: int = 0,
     sde: str = "vp",
-    prior: str = "sde",
+    prior: Literal["sde", "oracle"] = "sde",
     conditional: bool = False,
     limit: int | None = None,
 ) -> LikelihoodSource:
@@ -132,6 +132,8 @@ def likelihood_source(
     if bool(checkpoint) == bool(oracle):
         raise ValueError("Pass exactly one model: --checkpoint PATH (`checkpoint`, a trained network) or --oracle "
                          f"(`oracle=True`); got checkpoint={checkpoint!r}, oracle={oracle!r}.")
+    if prior not in ("sde", "oracle"):
+        raise ValueError(f"`prior` must be 'sde' (the SDE's p_T) or 'oracle' (the oracle's exact p_T); got {prior!r}.")
     if prior == "oracle" and not oracle:
         raise ValueError("--prior oracle (`prior='oracle'`) needs --oracle (only an oracle has an exact p_T).")
     scaling = {"levels": levels, "scale": scale, "offset": offset}

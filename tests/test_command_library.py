@@ -95,6 +95,8 @@ def test_likelihood_source_and_evaluate_to_folder(tmp_path) -> None:
     assert [e.done for e in events] == [4, 6] and events[-1].total == 6
     with pytest.raises(ValueError, match=r"Pass exactly one model.*`checkpoint`.*`oracle=True`"):
         likelihood_source()
+    with pytest.raises(ValueError, match=r"`prior` must be 'sde' .* or 'oracle' .*; got 'exact'"):
+        likelihood_source(oracle=True, prior="exact")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`prior='oracle'`\) needs --oracle"):
         likelihood_source("runs/x", prior="oracle")
     with pytest.raises(ValueError, match=r"The oracle has dimension 3 but the data has samples of shape"):
@@ -159,3 +161,15 @@ def test_cli_exit_status_by_exception_class() -> None:
 
     assert _exit_status(CheckpointError("x")) == 2 and _exit_status(FolderLockedError("x")) == 2
     assert _exit_status(LikelihoodError("x")) == 1 and _exit_status(RuntimeError("x")) is None
+
+
+def test_call_args_maps_flag_destinations_to_keyword_arguments() -> None:
+    import argparse
+
+    from sdeflow.cli._common import call_args
+
+    def f(a: int, b: int = 0, *, c: int = 1, **rest: int) -> None: ...
+
+    args = argparse.Namespace(a=1, b=2, d=4, e=5)
+    assert call_args(args, f) == {"a": 1, "b": 2}
+    assert call_args(args, f, "d", b=7, c=3) == {"a": 1, "b": 7, "d": 4, "c": 3}

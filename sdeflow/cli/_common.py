@@ -88,7 +88,9 @@ def sampler_from_args(args: argparse.Namespace) -> tuple[Sampler, Grid | str | N
 def call_args(args: argparse.Namespace, func: Callable[..., Any], *names: str, **overrides: Any) -> dict[str, Any]:
     """The keyword arguments of ``func`` (and ``names``, for those it takes through ``**``) that the parsed ``args``
     hold under the same name, then ``overrides``: a flag's destination is the library argument's name, so the
-    mapping from flags to a library call is written once."""
+    mapping from flags to a library call is written once. A flag whose name means something else to ``func`` (the
+    sampler's ``--rtol`` beside ``export_sampler(rtol=)``, the verification tolerance) must be overridden or the
+    call written out."""
     wanted = set(inspect.signature(func).parameters) | set(names)
     return {**{k: v for k, v in vars(args).items() if k in wanted}, **overrides}
 
