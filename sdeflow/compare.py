@@ -32,6 +32,7 @@ from ._utils import atomic_write
 from ._validate import json_safe
 from .oracle import GaussianMixture
 from .parametrization import ScoreModel
+from .progress import Progress
 from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
 from .sde import SDE, VPSDE
 from .status import Status
@@ -195,7 +196,7 @@ def compare(
     eps: float = 1e-3,
     seed: int = 0,
     reference_tol: float = 1e-10,
-    callback: Callable[[CompareRow], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
 ) -> CompareResult:
     """Run every solver at every NFE budget (steps = budget // evaluations per step) and score it.
 
@@ -204,6 +205,8 @@ def compare(
     with ``sample_shape``: then only deterministic solvers are scored (no exact distribution to compare with), and
     the reference runs in the model's float32 at tolerance max(reference_tol, 1e-6). ``grids`` maps a solver to
     its time grid (default: each method's default grid). Samples are seeded per sample from ``seed``.
+    ``callback`` gets ``Progress('compare', rows done, rows, {'nfe', 'steps', 'error'}, label=solver)`` after each
+    row (every budget of a solver, then the next solver).
     """
     if not solvers:
         raise ValueError("`solvers` must name at least one solver, e.g. ('ddim', 'dpmsolver++').")
@@ -277,7 +280,8 @@ def compare(
                 )
             rows.append(row)
             if callback is not None:
-                callback(row)
+                info = {"nfe": row.nfe, "steps": row.steps, "error": row.error}
+                callback(Progress("compare", len(rows), len(solvers) * len(nfe), info, label=name))
     orders: dict[str, float | None] = {}
     for name in solvers:
         use = [

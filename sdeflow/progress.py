@@ -16,6 +16,7 @@ What each stage reports (``info`` holds numbers, ``tensors`` the tensors of the 
 - 'likelihood': ``log_likelihood`` the fraction of [eps, T] solved (total 1.0); ``evaluate_dataset`` examples of
   this rank.
 - 'bits/dim' (``sdeflow.quickstart``): draws done (fractional).
+- 'compare' (``sdeflow.compare.compare``): rows scored (solver x budget); label the solver, info nfe, steps, error.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Progress:
         info: figures worth showing next to the bar (e.g. {'loss': 5.9}).
         tensors: tensors of the moment for callers that want them (e.g. {'denoised': x0_hat} after a sampler's
             grid step); a progress bar ignores them.
+        label: what this unit of the stage was (e.g. the solver of a 'compare' row); '' when the units are alike.
     """
 
     stage: str
@@ -49,6 +51,7 @@ class Progress:
     total: float
     info: Mapping[str, float] = field(default_factory=dict)
     tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    label: str = ""
 
     @property
     def fraction(self) -> float:
@@ -78,7 +81,8 @@ class ProgressBar:
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
-        info = ", ".join(f"{k} {v:.4g}" for k, v in event.info.items())
+        parts = [event.label] if event.label else []
+        info = ", ".join(parts + [f"{k} {v:.4g}" for k, v in event.info.items()])
         if self._bar is None and self.stream.isatty():
             from tqdm import tqdm
 

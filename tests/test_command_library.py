@@ -103,8 +103,12 @@ def test_likelihood_source_and_evaluate_to_folder(tmp_path) -> None:
         likelihood_source(oracle=True, oracle_dim=3, data="moons")
 
 
-def test_compare_result_writes_its_three_files(tmp_path) -> None:
-    res = compare(["ddim"], [4, 8], n=8)
+def test_compare_reports_each_row_and_writes_its_three_files(tmp_path) -> None:
+    events: list[Progress] = []
+    res = compare(["ddim", "heun"], [4, 8], n=8, callback=events.append)
+    assert [(e.stage, e.done, e.total, e.label) for e in events] == [
+        ("compare", k + 1, 4, r.solver) for k, r in enumerate(res.rows)]
+    assert [(e.info["nfe"], e.info["error"]) for e in events] == [(r.nfe, r.error) for r in res.rows]
     paths = res.write(tmp_path)
     assert [p.name for p in paths] == ["compare.csv", "compare.json", "compare.png"]
     assert all(p.stat().st_size > 0 for p in paths)

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         _split(args.solvers), budgets, grids=dict(pairs) or None, n=args.n, n_distribution=args.n_distribution,
         eps=args.eps, seed=args.seed, mixture=src.oracle, model=None if src.oracle else src.model, sde=src.sde,
         sample_shape=src.sample_shape,
-        callback=lambda row: print(f"  {row.solver:<14} NFE {row.nfe:>5}  error {row.error:.3e}", flush=True),
+        callback=lambda e: print(f"  {e.label:<14} NFE {e.info['nfe']:>5}  error {e.info['error']:.3e}", flush=True),
     )
     paths = result.write(args.out)  # --out checked by sdeflow.cli.check_common
     print(result.table())
