@@ -249,7 +249,6 @@ def evaluate_to_folder(
     out: str | Path,
     *,
     device: str | None = None,
-    dtype: torch.dtype = torch.float32,
     progress: Callable[[Progress], None] | None = None,
     **options: Any,
 ) -> LikelihoodFiles | None:
@@ -257,19 +256,19 @@ def evaluate_to_folder(
     of the batches and write ``out``/likelihood.csv, summary.json and the plots on rank 0 (``DatasetLikelihood.write``).
 
     ``device``: as ``sdeflow.distributed.init_from_env`` (None: cuda:LOCAL_RANK when available, else the CPU);
-    ``dtype``: the network's dtype (a float64 network computes in the solver's float64); ``options``: those of
-    ``evaluate_dataset`` (limit, batch_size, seed, draws, bound, split, conditional and the solver settings).
-    Returns None on the other torchrun processes.
+    ``options``: those of ``evaluate_dataset`` (limit, batch_size, seed, draws, bound, split, conditional) and the
+    solver settings of ``log_likelihood``, recorded in the summary in the order given; with ``dtype=torch.float64``
+    the network itself is converted to float64. Returns None on the other torchrun processes.
     """
     net = getattr(source.model, "net", None)
-    if dtype == torch.float64 and isinstance(net, torch.nn.Module):
-        net.double()
+    if options.get("dtype") == torch.float64 and isinstance(net, torch.nn.Module):
+        net.double()  # the network computes in the solver's dtype
     ctx = D.init_from_env(device)
     try:
         source.model.to(ctx.device)
         result = evaluate_dataset(
             source.sde, source.model, source.data, ctx=ctx, progress=progress, description=source.description,
-            class_prior=source.class_prior, prior_logp=source.prior_logp, dtype=dtype, **options,
+            class_prior=source.class_prior, prior_logp=source.prior_logp, **options,
         )
     finally:
         D.shutdown()

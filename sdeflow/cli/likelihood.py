@@ -14,9 +14,6 @@ import argparse
 from ..sde import SDES
 from ._common import call_args, progress_bar
 
-# the options evaluate_to_folder passes on to evaluate_dataset and log_likelihood (flag destinations = their names)
-SOLVER_OPTIONS = ("limit", "batch_size", "seed", "draws", "bound", "split", "conditional", "method", "rtol", "atol",
-                  "eps", "divergence", "probes", "time_variable", "max_steps", "error_control")
 HELP = "Exact log-likelihoods and bits/dim of a data set through the probability-flow ODE (torchrun-ready)."
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
     source = likelihood_source(**call_args(args, likelihood_source))
     with progress_bar(args, "likelihood (rank 0 of {world})", "ex") as bar:
-        files = evaluate_to_folder(source, **call_args(
-            args, evaluate_to_folder, *SOLVER_OPTIONS, dtype=getattr(torch, args.dtype), progress=bar,
-            state_dtype=getattr(torch, args.state_dtype),
-        ))
+        files = evaluate_to_folder(
+            source, args.out, device=args.device, progress=bar, limit=args.limit, batch_size=args.batch_size,
+            seed=args.seed, draws=args.draws, bound=args.bound, split=args.split, conditional=args.conditional,
+            method=args.method, rtol=args.rtol, atol=args.atol, eps=args.eps, divergence=args.divergence,
+            probes=args.probes, dtype=getattr(torch, args.dtype), time_variable=args.time_variable,
+            max_steps=args.max_steps, state_dtype=getattr(torch, args.state_dtype), error_control=args.error_control,
+        )
     if files is None:  # another torchrun process: rank 0 writes and reports
         return 0
     result = files.result
