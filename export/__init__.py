@@ -4,6 +4,7 @@
     export_ddim(model_or_checkpoint, path, steps=50, eta=0.0, ...)   (= export_sampler with DDIM(eta))
     OnnxSampler(path, providers="auto").sample(batch_size, seed)                             (numpy + onnxruntime)
     deployment_report(checkpoint_dir, out_dir)   export + parity + speed + time to DDIM-50's quality, as a dict
+    onnx_samples_to_file(path, out, batch=16, ...) -> OnnxSampleFile   samples of a graph in a file (run-onnx)
 
 Names are resolved lazily so that importing this package does not import the exporter (torch, onnx). The runner
 lives in ``runtime.py``, a self-contained module: a deployment without torch loads that one file by path (the
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # the names __getattr__ resolves lazily, for type checkers
     from .onnx_export import ExportReport, OnnxExportError, export_ddim, export_sampler
     from .report import deployment_report
     from .runtime import GraphInfo, NonFiniteOutputError, OnnxSampler
+    from .to_file import OnnxSampleFile, onnx_samples_to_file
 
 __all__ = [
     "export_sampler",
@@ -29,6 +31,8 @@ __all__ = [
     "GraphInfo",
     "NonFiniteOutputError",
     "deployment_report",
+    "onnx_samples_to_file",
+    "OnnxSampleFile",
 ]
 
 _LAZY = {
@@ -40,6 +44,8 @@ _LAZY = {
     "GraphInfo": "runtime",
     "NonFiniteOutputError": "runtime",
     "deployment_report": "report",
+    "onnx_samples_to_file": "to_file",
+    "OnnxSampleFile": "to_file",
 }
 
 

@@ -32,6 +32,7 @@ from ._utils import atomic_write
 from ._validate import json_safe
 from .oracle import GaussianMixture
 from .parametrization import ScoreModel
+from .progress import Progress
 from .sampling import PC, Heun, ODESolver, Sampler, SDESolver, make_sampler, sample
 from .sde import SDE, VPSDE
 from .status import Status
@@ -103,6 +104,11 @@ class CompareResult:
         payload = {"rows": [asdict(r) for r in self.rows], "orders": self.orders, "config": self.config}
         text = json.dumps(json_safe(payload), indent=2, allow_nan=False)  # NaN/inf (e.g. no fitted order) -> null
         return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write ``out_dir``/compare.csv, compare.json and compare.png (each atomically); return the paths."""
+        out = Path(out_dir)
+        return [self.to_csv(out / "compare.csv"), self.to_json(out / "compare.json"), self.plot(out / "compare.png")]
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """A log-log picture (.png, .pdf or .svg) of error against NFE, one line per solver (noise floors dashed).
@@ -190,7 +196,7 @@ def compare(
     eps: float = 1e-3,
     seed: int = 0,
     reference_tol: float = 1e-10,
-    callback: Callable[[CompareRow], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
 ) -> CompareResult:
     """Run every solver at every NFE budget (steps = budget // evaluations per step) and score it.
 
@@ -199,6 +205,8 @@ def compare(
     with ``sample_shape``: then only deterministic solvers are scored (no exact distribution to compare with), and
     the reference runs in the model's float32 at tolerance max(reference_tol, 1e-6). ``grids`` maps a solver to
     its time grid (default: each method's default grid). Samples are seeded per sample from ``seed``.
+    ``callback`` gets ``Progress('compare', rows done, rows, {'nfe', 'steps', 'error'}, label=solver)`` after each
+    row (every budget of a solver, then the next solver).
     """
     if not solvers:
         raise ValueError("`solvers` must name at least one solver, e.g. ('ddim', 'dpmsolver++').")
@@ -272,7 +280,8 @@ def compare(
                 )
             rows.append(row)
             if callback is not None:
-                callback(row)
+                info = {"nfe": row.nfe, "steps": row.steps, "error": row.error}
+                callback(Progress("compare", len(rows), len(solvers) * len(nfe), info, label=name))
     orders: dict[str, float | None] = {}
     for name in solvers:
         use = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_from_env", "shard", "gather_objects", "shutdown"]
+__all__ = ["DistContext", "rank_and_world", "init_from_env", "shard", "gather_objects", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,17 @@ class DistContext:
         return self.rank == 0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun sets them in the environment ((0, 1) without torchrun), without joining."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device: str | None = None) -> DistContext:
     """Join the process group torchrun describes in the environment (a single process if WORLD_SIZE is unset or 1).
 
     ``device`` None picks cuda:LOCAL_RANK when CUDA is available, else the CPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = rank_and_world()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")

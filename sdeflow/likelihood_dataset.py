@@ -6,7 +6,8 @@ them round-robin to the ranks of a ``DistContext`` (``sdeflow.distributed``), co
 per-example results equal those of a single-process run with the same ``batch_size``. Probes and dequantisation
 noise are seeded per example from (seed, index). ``DatasetLikelihood.write(out_dir)`` writes the CSV, the summary
 and the plots atomically; ``checkpoint_dataset`` loads the data a checkpoint was trained on and refuses data whose
-shape or scaling differ from the network's.
+shape or scaling differ from the network's. ``evaluate_to_folder`` is the whole of ``sdeflow likelihood``: it joins
+the torchrun process group, evaluates a ``sdeflow.sources.LikelihoodSource`` and writes the files on rank 0.
 
 CSV columns: index, bpd and bpd_std_err (discrete data: the ``bound`` chosen, the mean over ``draws`` by default,
 and its standard error), plain_bpd, plain_bpd_std_err, importance_bpd and importance_std_err (both bounds, always),
@@ -21,7 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -36,7 +37,11 @@ from .parametrization import ScoreModel
 from .progress import Progress
 from .sde import SDE
 
-__all__ = ["DatasetLikelihood", "evaluate_dataset", "checkpoint_dataset", "check_conditional"]
+if TYPE_CHECKING:
+    from .sources import LikelihoodSource
+
+__all__ = ["DatasetLikelihood", "evaluate_dataset", "checkpoint_dataset", "check_conditional", "LikelihoodFiles",
+           "evaluate_to_folder"]
 
 Row = dict[str, float | int]
 
@@ -229,6 +234,47 @@ def evaluate_dataset(
         summary["conditional"] = True
         summary[f"per_class_{key}"] = per_class(values, torch.tensor([int(r["label"]) for r in rows]))
     return DatasetLikelihood(rows, summary, data)
+
+
+@dataclass(frozen=True)
+class LikelihoodFiles:
+    """The result of ``evaluate_to_folder`` on rank 0: the evaluation and the files written."""
+
+    result: DatasetLikelihood
+    paths: tuple[Path, ...]
+
+
+def evaluate_to_folder(
+    source: LikelihoodSource,
+    out: str | Path,
+    *,
+    device: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    **options: Any,
+) -> LikelihoodFiles | None:
+    """Evaluate ``source`` (``sdeflow.sources.likelihood_source``) with ``evaluate_dataset`` on this process's share
+    of the batches and write ``out``/likelihood.csv, summary.json and the plots on rank 0 (``DatasetLikelihood.write``).
+
+    ``device``: as ``sdeflow.distributed.init_from_env`` (None: cuda:LOCAL_RANK when available, else the CPU);
+    ``options``: those of ``evaluate_dataset`` (limit, batch_size, seed, draws, bound, split, conditional) and the
+    solver settings of ``log_likelihood``, recorded in the summary in the order given; with ``dtype=torch.float64``
+    the network itself is converted to float64. Returns None on the other torchrun processes.
+    """
+    net = getattr(source.model, "net", None)
+    if options.get("dtype") == torch.float64 and isinstance(net, torch.nn.Module):
+        net.double()  # the network computes in the solver's dtype
+    ctx = D.init_from_env(device)
+    try:
+        source.model.to(ctx.device)
+        result = evaluate_dataset(
+            source.sde, source.model, source.data, ctx=ctx, progress=progress, description=source.description,
+            class_prior=source.class_prior, prior_logp=source.prior_logp, **options,
+        )
+    finally:
+        D.shutdown()
+    if not ctx.is_main:
+        return None
+    return LikelihoodFiles(result, tuple(result.write(out)))
 
 
 def _batch_rows(

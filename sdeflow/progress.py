@@ -4,6 +4,19 @@ that shows such events.
 Library functions never draw progress bars themselves: they call ``progress(Progress(...))``. The CLI (or a user)
 passes a ``ProgressBar``, which is a tqdm bar on a terminal and a few plain lines in a log (a CI log of one
 quickstart is not mostly progress bars).
+
+What each stage reports (``info`` holds numbers, ``tensors`` the tensors of the moment):
+
+- 'train' (``sdeflow.train.train``): done / total in steps; info loss, lr, elapsed (seconds), and test_loss on
+  evaluation steps only.
+- 'sample' (``sdeflow.sample``): fixed-grid samplers after each grid step, info t (the step's end time) and nfe,
+  tensors denoised (x0_hat of the step's last evaluation, [B, ...]); torchdiffeq / torchsde solvers after each
+  network evaluation, done = nfe of total ``math.inf`` (the solver owns the steps), info nfe.
+  ``sample_many``: chunks of this rank.
+- 'likelihood': ``log_likelihood`` the fraction of [eps, T] solved (total 1.0); ``evaluate_dataset`` examples of
+  this rank.
+- 'bits/dim' (``sdeflow.quickstart``): draws done (fractional).
+- 'compare' (``sdeflow.compare.compare``): rows scored (solver x budget); label the solver, info nfe, steps, error.
 """
 
 from __future__ import annotations
@@ -11,7 +24,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["Progress", "ProgressBar", "PLAIN_LINES"]
 
@@ -22,14 +38,20 @@ class Progress:
 
     Attributes:
         stage: what is progressing ('train', 'likelihood', 'sample', ...).
-        done, total: units finished and planned (steps, examples, batches; a fraction with total 1.0).
+        done, total: units finished and planned (steps, examples, batches; a fraction with total 1.0;
+            ``math.inf`` when the total is not known in advance).
         info: figures worth showing next to the bar (e.g. {'loss': 5.9}).
+        tensors: tensors of the moment for callers that want them (e.g. {'denoised': x0_hat} after a sampler's
+            grid step); a progress bar ignores them.
+        label: what this unit of the stage was (e.g. the solver of a 'compare' row); '' when the units are alike.
     """
 
     stage: str
     done: float
     total: float
     info: Mapping[str, float] = field(default_factory=dict)
+    tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    label: str = ""
 
     @property
     def fraction(self) -> float:
@@ -59,7 +81,8 @@ class ProgressBar:
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
-        info = ", ".join(f"{k} {v:.4g}" for k, v in event.info.items())
+        parts = [event.label] if event.label else []
+        info = ", ".join(parts + [f"{k} {v:.4g}" for k, v in event.info.items()])
         if self._bar is None and self.stream.isatty():
             from tqdm import tqdm
 

@@ -12,12 +12,14 @@
    ``guided_samples`` samples every class with classifier-free guidance (DPM-Solver++(2M), 20 steps, w = 0 and
    ``GUIDANCE``) and measures with a small CNN trained on the training digits (``sdeflow.classifier``) how many show
    their class;
-4. ``save_figures`` writes the sample grids and the loss curve; ``build_report`` assembles report.json's content and
-   ``summary_table`` the table the CLI prints. The ONNX stage is ``sdeflow.export.deployment_report``.
+4. ``save_figures`` writes the sample grids and the loss curve; ``build_report`` assembles report.json's content,
+   ``write_report`` writes it and ``summary_table`` is the table the CLI prints. The ONNX stage is
+   ``sdeflow.export.deployment_report``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from collections.abc import Callable
@@ -32,11 +34,11 @@ from . import checkpoint
 from .data import Dataset, gaussian_bpd
 from .likelihood import BitsPerDimResult, bits_per_dim
 from .progress import Progress
-from .train import TrainConfig, TrainEvent, TrainResult, train
+from .train import TrainConfig, TrainResult, train
 
 __all__ = [
     "DRAWS", "PROBES", "TOL", "SAMPLERS", "check_out", "train_digits", "BitsPerDimReport", "evaluate_bits_per_dim",
-    "draw_samples", "guided_samples", "save_figures", "build_report", "summary_table",
+    "draw_samples", "guided_samples", "save_figures", "build_report", "write_report", "summary_table",
 ]
 
 # Likelihood settings. Probe noise biases the importance-weighted bound downwards (log-mean-exp of noisy log p), less
@@ -80,9 +82,9 @@ def train_digits(
         eval_every=max(1, steps // 6), checkpoint_every=steps, seed=seed, conditional=True, p_uncond=P_UNCOND,
     )
 
-    def on_step(event: TrainEvent) -> None:
+    def on_step(event: Progress) -> None:
         if progress is not None:
-            progress(Progress("train", event.step, event.steps, {"loss": event.loss}))
+            progress(Progress("train", event.done, event.total, {"loss": event.info["loss"]}))
 
     result = train(config, folder, overwrite=overwrite, callback=on_step)
     return result, checkpoint.load(folder)
@@ -265,6 +267,15 @@ def build_report(
         "platform": {"python": platform.python_version(), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` to ``out/report.json`` atomically (non-finite numbers as null); return the path."""
+    from ._utils import atomic_write
+    from ._validate import json_safe
+
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
+    return atomic_write(out / "report.json", lambda p: p.write_text(text))
 
 
 def summary_table(report: dict[str, Any]) -> str:

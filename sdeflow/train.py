@@ -52,9 +52,10 @@ from .parametrization import (
     ScoreModel,
     TimeLabel,
 )
+from .progress import Progress
 from .sde import SDE, SDES, make_sde
 
-__all__ = ["TrainConfig", "TrainEvent", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train", "SDES", "make_sde"]
 
 LOSSES = ("dsm", "ddpm")
 CONDITIONINGS = ("noise_level", "t")
@@ -174,18 +175,6 @@ class TrainConfig:
         return self.lr * warm * 0.5 * (1 + math.cos(math.pi * step / self.steps))
 
 
-@dataclass(frozen=True)
-class TrainEvent:
-    """Passed to the callback after every step (``test_loss`` only on evaluation steps, else None)."""
-
-    step: int
-    steps: int
-    loss: float
-    lr: float
-    test_loss: float | None
-    elapsed: float
-
-
 @dataclass(frozen=True, eq=False)
 class TrainResult:
     """Result of ``train``: the EMA ``model`` (a ScoreModel, eval mode), the data it was trained on, the run's step
@@ -202,6 +191,23 @@ class TrainResult:
     checkpoint: Path | None
     config: TrainConfig = field(repr=False)
     start_step: int = 0
+
+    def summary(self) -> str:
+        """One line on what this call trained: the steps (new ones of a resumed run), the seconds, the mean loss of
+        the last (up to) 100 steps of the run and its last test loss."""
+        new = self.steps - self.start_step
+        if new == 0:
+            msg = f"nothing to train: the run is already at step {self.steps} (raise --steps to train longer)"
+        elif self.start_step:
+            msg = f"trained steps {self.start_step + 1}..{self.steps} ({new} new steps) in {self.seconds:.1f} s"
+        else:
+            msg = f"trained {new} steps in {self.seconds:.1f} s"
+        tail = self.loss[-min(100, len(self.loss)):]
+        if tail:
+            msg += f"; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}"
+        if self.test_loss:
+            msg += f"; test loss {self.test_loss[-1][1]:.4f}"
+        return msg
 
 
 def _num_classes(config: TrainConfig, data: Dataset, test: Dataset | None) -> int | None:
@@ -266,7 +272,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    callback: Callable[[TrainEvent], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train a score network as ``config`` says; checkpoint to ``out`` at step 0, every ``checkpoint_every`` steps
@@ -280,6 +286,10 @@ def train(
     (``overwrite`` replaces the old run at the first checkpoint, step 0). While training, ``out`` is locked against
     other writers. Under torchrun (WORLD_SIZE > 1) the processes train one model with DistributedDataParallel;
     rank 0 writes the files and calls ``callback``.
+
+    ``callback`` gets ``Progress('train', step, steps, {'loss', 'lr', 'elapsed'})`` after every step (``loss`` that
+    step's training loss, ``lr`` its learning rate, ``elapsed`` the seconds since this call began training), with
+    ``test_loss`` (the EMA weights' test loss) added on evaluation steps.
 
     Raises ``TrainingDivergedError`` at the first non-finite loss or gradient (the folder keeps the last good
     checkpoint), ``ValueError``/``TypeError`` for bad arguments, a network that does not fit the data, or a bad
@@ -319,7 +329,7 @@ def train(
     return _train(*args)
 
 
-def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callable[[TrainEvent], None] | None,
+def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callable[[Progress], None] | None,
            device: torch.device, rank: int, world: int, data: Dataset, test: Dataset | None, sde: SDE,
            model_config: dict, net: nn.Module) -> TrainResult:
     if len(data.sample_shape) == 3:  # images: channels-last convolutions are ~20% faster on CPU (oneDNN)
@@ -408,7 +418,10 @@ def _train(config: TrainConfig, out: Path | None, resume: bool, callback: Callab
             if writer and (done % config.checkpoint_every == 0 or done == config.steps):
                 save(done)
             if callback is not None and rank == 0:
-                callback(TrainEvent(done, config.steps, losses[-1], lr, test_value, time.perf_counter() - t0))
+                info = {"loss": losses[-1], "lr": lr, "elapsed": time.perf_counter() - t0}
+                if test_value is not None:
+                    info["test_loss"] = test_value
+                callback(Progress("train", done, config.steps, info))
     except KeyboardInterrupt:
         if not writer:
             raise

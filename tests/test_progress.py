@@ -28,3 +28,10 @@ def test_disabled_bar_writes_nothing() -> None:
 def test_fraction_is_clamped() -> None:
     assert Progress("x", 3, 2).fraction == 1.0 and Progress("x", 0, 0).fraction == 1.0
     assert Progress("x", 1, 4).fraction == 0.25
+
+
+def test_a_label_leads_the_figures_beside_the_bar() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar("compare", "row", stream=stream)
+    bar(Progress("compare", 4, 4, {"nfe": 10}, label="ddim"))
+    assert stream.getvalue() == "compare: 4/4 row (ddim, nfe 10)\n"

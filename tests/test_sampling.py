@@ -255,8 +255,17 @@ def test_callback_reports_each_step(oracle):
     _, model, x_T, _ = oracle
     seen = []
     sample(model, SDE, x_T[:2], method="dpmsolver++", steps=6, callback=seen.append)
-    assert [i.step for i in seen] == list(range(1, 7)) and seen[-1].nfe == 6 and seen[-1].total == 6
-    assert all(a.t > b.t for a, b in zip(seen[:-1], seen[1:], strict=True))
+    assert [e.done for e in seen] == list(range(1, 7)) and seen[-1].info["nfe"] == 6 and seen[-1].total == 6
+    assert {e.stage for e in seen} == {"sample"} and all(e.tensors["denoised"].shape == (2, 2) for e in seen)
+    assert all(a.info["t"] > b.info["t"] for a, b in zip(seen[:-1], seen[1:], strict=True))
+
+
+def test_solver_callback_reports_each_evaluation(oracle):
+    _, model, x_T, _ = oracle
+    seen = []
+    r = sample(model, SDE, x_T[:2], method="ode:rk4", steps=3, callback=seen.append)
+    assert [e.done for e in seen] == list(range(1, r.nfe + 1)) and seen[-1].info["nfe"] == r.nfe
+    assert all(e.total == math.inf and not e.tensors for e in seen)
 
 
 def test_time_grids():

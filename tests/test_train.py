@@ -66,7 +66,7 @@ def test_resume_continues_exactly(tmp_path):
         pass
 
     def crash(event):
-        if event.step == 10:
+        if event.done == 10:
             raise Interrupt
 
     with pytest.raises(Interrupt):
@@ -209,7 +209,7 @@ def test_resume_after_a_kill_at_any_file_operation_is_bit_exact(tmp_path, monkey
 @pytest.mark.parametrize("stop", [1, 5, 12])
 def test_resume_after_an_interrupt_between_steps_is_bit_exact(tmp_path, reference, stop):
     def interrupt(event):
-        if event.step == stop:
+        if event.done == stop:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt, match=rf"keeps the checkpoint of step {stop}; continue with resume=True"):

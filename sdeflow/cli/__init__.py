@@ -45,23 +45,16 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or a bad environment, not a bug in sdeflow (exit status 2)."""
-    from ..run_folder import FolderLockedError
-
-    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, FolderLockedError]
-    if "sdeflow.train" in sys.modules:
-        errors.append(sys.modules["sdeflow.train"].TrainingDivergedError)
-    return tuple(errors)
+# Exit status by exception class (matched by name along the class's MRO, so that no command module is imported for
+# it): 2 for bad input or a bad environment, not a bug in sdeflow (it wins when both match); 1 for a computation that
+# failed on valid input.
+EXIT_STATUS: dict[str, int] = {"ValueError": 2, "TypeError": 2, "OSError": 2, "FolderLockedError": 2,
+                               "TrainingDivergedError": 2, "LikelihoodError": 1, "OnnxExportError": 1}
 
 
-def _failures() -> tuple[type[BaseException], ...]:
-    """Computations that failed on valid input (exit status 1, one line, no traceback)."""
-    found = []
-    for module, name in (("sdeflow.likelihood", "LikelihoodError"), ("sdeflow.export.onnx_export", "OnnxExportError")):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
+def _exit_status(err: BaseException) -> int | None:
+    """2 or 1 for an exception of a class in ``EXIT_STATUS`` (or a subclass), None for anything unexpected."""
+    return max((EXIT_STATUS[c.__name__] for c in type(err).__mro__ if c.__name__ in EXIT_STATUS), default=None)
 
 
 # What each command writes to --out (checked before anything runs): a folder or a file
@@ -69,7 +62,7 @@ OUTPUTS: dict[str, str] = {"train": "folder", "likelihood": "folder", "quickstar
                            "sample": "file", "export": "file", "run-onnx": "file"}
 # Options that count something: each must be >= 1 wherever a command has it (and it is set)
 COUNTS = ("n", "steps", "batch", "batch_size", "limit", "probes", "draws", "max_steps", "n_samples", "n_distribution",
-          "dim", "components", "oracle_dim", "oracle_components", "eval_every", "checkpoint_every")
+          "calibration", "dim", "components", "oracle_dim", "oracle_components", "eval_every", "checkpoint_every")
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -134,12 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: interrupted{detail}", file=sys.stderr)
         return 130
     except Exception as err:
-        if isinstance(err, _user_errors()):
+        status = _exit_status(err)
+        if status is not None:
             print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-            return 2
-        if isinstance(err, _failures()):
-            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-            return 1
+            return status
         print(f"{prog}: error: unexpected {type(err).__name__}: {_one_line(err)} (a bug in sdeflow? run again with "
               f"{TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         return 1

@@ -1,10 +1,19 @@
-"""Arguments shared by several commands: the sampler, its options and the time grid, mapped through the one name
-table (``sdeflow.sampling.names``)."""
+"""What several commands share: the model source arguments (a checkpoint or the oracle), the sampler, its options and
+the time grid (mapped through the one name table, ``sdeflow.sampling.names``), the mapping of parsed arguments to a
+library function's keyword arguments, and the progress bar."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..progress import ProgressBar
+
+if TYPE_CHECKING:
+    from ..sampling import Grid, Sampler
 
 # CLI flag -> sampler option. Only flags the user gives are passed, so an option that does not apply to the chosen
 # sampler is an error naming it (the sampler objects validate their options).
@@ -21,24 +30,36 @@ SAMPLER_FLAGS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-def add_sampler_arguments(p: argparse.ArgumentParser, default: str = "ddim") -> None:
-    """--sampler (alias --method), the sampler options, --grid, --rho, --eps and --set-alpha-to-one."""
+def add_source_arguments(p: argparse.ArgumentParser, oracle_dim: int | None) -> None:
+    """--checkpoint, or the random mixture of --oracle-dim (default ``oracle_dim``), --oracle-components and
+    --oracle-seed (``sdeflow.sources.model_source``)."""
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder written by `sdeflow train` (sdeflow.load)")
+    p.add_argument("--oracle-dim", type=int, default=oracle_dim,
+                   help="without --checkpoint: dimension of the random mixture")
+    p.add_argument("--oracle-components", type=int, default=4)
+    p.add_argument("--oracle-seed", type=int, default=0, help="seed of the random mixture")
+
+
+def add_sampler_arguments(
+    p: argparse.ArgumentParser, default: str = "ddim", *, grid: bool = True, help: str | None = None
+) -> None:
+    """--sampler (alias --method), the sampler options and, with ``grid``, --adaptive, --grid, --rho, --eps and
+    --set-alpha-to-one (without: those are None for ``sampler_from_args``)."""
     from ..sampling import SAMPLERS
 
-    p.add_argument(
-        "--sampler",
-        "--method",
-        dest="sampler",
-        default=default,
-        help=f"one of {', '.join(SAMPLERS)}; 'ode:<torchdiffeq method>', 'sde:<torchsde method>' (default {default})",
-    )
+    if help is None:
+        help = f"one of {', '.join(SAMPLERS)}; 'ode:<torchdiffeq method>', 'sde:<torchsde method>' (default {default})"
+    p.add_argument("--sampler", "--method", dest="sampler", default=default, help=help)
     for dest, (flag, typ, help_) in SAMPLER_FLAGS.items():
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
-    p.add_argument("--adaptive", action="store_true", default=None, help="sde: adaptive steps")
     p.add_argument(
         "--lower-order-final", action=argparse.BooleanOptionalAction, default=None, help="multistep samplers"
     )
     p.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None, help="unipc: UniC corrector")
+    if not grid:
+        p.set_defaults(grid=None, rho=None, adaptive=None)
+        return
+    p.add_argument("--adaptive", action="store_true", default=None, help="sde: adaptive steps")
     p.add_argument(
         "--grid",
         default=None,
@@ -54,20 +75,35 @@ def add_sampler_arguments(p: argparse.ArgumentParser, default: str = "ddim") -> 
     )
 
 
-def sampler_from_args(args: argparse.Namespace):
+def sampler_from_args(args: argparse.Namespace) -> tuple[Sampler, Grid | str | None]:
     """The sampler object and the grid (object, name or None) the arguments name."""
-    from ..sampling import Karras, load_grid, make_sampler
+    from ..sampling import make_sampler
+    from ..sampling.names import grid_option
 
-    options = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
-    for k in ("adaptive", "lower_order_final", "corrector"):
-        if getattr(args, k) is not None:
-            options[k] = getattr(args, k)
-    sampler = make_sampler(args.sampler, **options)
-    grid: Any = args.grid
-    if args.rho is not None:
-        if grid not in (None, "karras"):
-            raise ValueError(f"--rho applies to the karras grid; got --grid {grid}.")
-        grid = Karras(rho=args.rho)
-    elif isinstance(grid, str) and grid.endswith(".json"):
-        grid = load_grid(grid)
-    return sampler, grid
+    options = {k: getattr(args, k) for k in (*SAMPLER_FLAGS, "adaptive", "lower_order_final", "corrector")}
+    sampler = make_sampler(args.sampler, **{k: v for k, v in options.items() if v is not None})
+    return sampler, grid_option(args.grid, args.rho)
+
+
+def call_args(args: argparse.Namespace, func: Callable[..., Any], *names: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of ``func`` (and ``names``, for those it takes through ``**``) that the parsed ``args``
+    hold under the same name, then ``overrides``: a flag's destination is the library argument's name, so the
+    mapping from flags to a library call is written once. A flag whose name means something else to ``func`` (the
+    sampler's ``--rtol`` beside ``export_sampler(rtol=)``, the verification tolerance) must be overridden or the
+    call written out."""
+    wanted = set(inspect.signature(func).parameters) | set(names)
+    return {**{k: v for k, v in vars(args).items() if k in wanted}, **overrides}
+
+
+@contextmanager
+def progress_bar(args: argparse.Namespace, desc: str, unit: str) -> Iterator[ProgressBar]:
+    """A ``ProgressBar`` on the first torchrun process (the only one) unless --no-progress, closed at the end;
+    ``{world}`` in ``desc`` becomes the number of processes."""
+    from ..distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    bar = ProgressBar(desc.format(world=world), unit, enabled=rank == 0 and not getattr(args, "no_progress", False))
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -37,12 +37,8 @@ def _split(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
     from ..compare import compare
-    from ..oracle import GaussianMixture
+    from ..sources import model_source
 
     try:
         budgets = [int(b) for b in _split(args.nfe)]
@@ -52,36 +48,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nfe must be a comma list of positive integers like 10,20,40; got {args.nfe!r}.")
     if not _split(args.solvers):
         raise ValueError(f"--solvers must name at least one solver, e.g. ddim,heun; got {args.solvers!r}.")
-    out = Path(args.out)  # checked by sdeflow.cli.check_common
-    grids = None
-    if args.grids:
-        pairs = [p.split("=", 1) for p in _split(args.grids)]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError(f"--grids must be solver=grid pairs like ddim=uniform; got {args.grids!r}.")
-        grids = dict(pairs)
-    kwargs: dict = {}
-    if args.checkpoint is not None:
-        from ..checkpoint import load
-
-        ckpt = load(args.checkpoint)
-        kwargs.update(model=ckpt.score_model, sde=ckpt.sde, sample_shape=ckpt.sample_shape)
-    else:
-        g = torch.Generator().manual_seed(args.seed)
-        kwargs["mixture"] = GaussianMixture.random(args.dim, args.components, generator=g)
+    pairs = [p.split("=", 1) for p in _split(args.grids or "")]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"--grids must be solver=grid pairs like ddim=uniform; got {args.grids!r}.")
+    src = model_source(args.checkpoint, oracle_dim=None if args.checkpoint else args.dim,
+                       oracle_components=args.components, oracle_seed=args.seed)
     result = compare(
-        _split(args.solvers),
-        budgets,
-        grids=grids,
-        n=args.n,
-        n_distribution=args.n_distribution,
-        eps=args.eps,
-        seed=args.seed,
-        callback=lambda row: print(f"  {row.solver:<14} NFE {row.nfe:>5}  error {row.error:.3e}", flush=True),
-        **kwargs,
+        _split(args.solvers), budgets, grids=dict(pairs) or None, n=args.n, n_distribution=args.n_distribution,
+        eps=args.eps, seed=args.seed, mixture=src.oracle, model=None if src.oracle else src.model, sde=src.sde,
+        sample_shape=src.sample_shape,
+        callback=lambda e: print(f"  {e.label:<14} NFE {e.info['nfe']:>5}  error {e.info['error']:.3e}", flush=True),
     )
-    result.to_csv(out / "compare.csv")
-    result.to_json(out / "compare.json")
-    result.plot(out / "compare.png")
+    paths = result.write(args.out)  # --out checked by sdeflow.cli.check_common
     print(result.table())
-    print(f"wrote {out / 'compare.csv'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    print(f"wrote {', '.join(map(str, paths))}")
     return 0

@@ -2,16 +2,17 @@
 
 Single process:   sdeflow likelihood --checkpoint runs/quickstart/model --data digits --split test --out OUT
 Many processes:   torchrun --nproc_per_node=N -m sdeflow likelihood ...   (gloo on CPU, NCCL on GPU)
-The work is ``sdeflow.likelihood_dataset.evaluate_dataset`` (sharding, gathering, the CSV and summary columns); rank 0
-writes OUT/likelihood.csv, OUT/summary.json, OUT/likelihood.png and, for images, OUT/best_worst.png.
+The work is ``sdeflow.sources.likelihood_source`` (model, data, prior) and ``sdeflow.likelihood_dataset``'s
+``evaluate_to_folder`` (sharding, gathering, the CSV and summary columns); rank 0 writes OUT/likelihood.csv,
+OUT/summary.json, OUT/likelihood.png and, for images, OUT/best_worst.png.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..data import DATASETS
 from ..sde import SDES
+from ._common import call_args, progress_bar
 
 HELP = "Exact log-likelihoods and bits/dim of a data set through the probability-flow ODE (torchrun-ready)."
 
@@ -85,91 +86,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run_g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _source(args: argparse.Namespace):
-    """(sde, score model, data, prior_logp or None, prior for given labels or None, description)."""
-    import torch
-
-    from ..data import Dataset, gmm_oracle, load_dataset
-    from ..oracle import GaussianMixture
-    from ..sde import make_sde
-
-    if bool(args.checkpoint) == bool(args.oracle):
-        raise ValueError("Pass exactly one model: --checkpoint PATH (a trained network) or --oracle.")
-    if args.prior == "oracle" and not args.oracle:
-        raise ValueError("--prior oracle needs --oracle (only an oracle has an exact p_T).")
-    scaling = {"levels": args.levels, "scale": args.scale, "offset": args.offset}
-    if args.checkpoint:
-        from ..checkpoint import load
-        from ..likelihood_dataset import checkpoint_dataset
-
-        ckpt = load(args.checkpoint)
-        data = checkpoint_dataset(ckpt, args.data, args.split, **scaling)
-        return ckpt.sde, ckpt.score_model, data, None, None, f"checkpoint {args.checkpoint}"
-    sde = make_sde(args.sde)
-    if args.data == "gmm":  # the built-in mixture data set: its own exact score
-        gm, desc = gmm_oracle(), "oracle sdeflow.data.gmm_oracle()"
-    else:
-        gm = GaussianMixture.random(
-            args.oracle_dim, args.oracle_components, generator=torch.Generator().manual_seed(args.oracle_seed)
-        )
-        desc = (f"oracle GaussianMixture.random(dim={args.oracle_dim}, n_components={args.oracle_components}, "
-                f"seed={args.oracle_seed})")
-    if args.data:
-        user = {k: v for k, v in scaling.items() if v is not None}
-        data = load_dataset(args.data, args.split or ("test" if args.data in DATASETS else "train"), **user)
-    else:  # samples of the oracle, labelled by their component (for --conditional)
-        x, comp = gm.sample_labelled(args.limit or 1000, generator=torch.Generator().manual_seed(args.oracle_seed + 1))
-        data = Dataset("oracle", x, None, 1.0, 0.0, (gm.dim,), labels=comp)
-    if tuple(data.sample_shape) != (gm.dim,):
-        raise ValueError(
-            f"The oracle has dimension {gm.dim} but the data has samples of shape {data.sample_shape}; "
-            "pass --oracle-dim to match."
-        )
-    exact_prior = args.prior == "oracle"
-    if args.conditional:
-        class_prior = (lambda labels: gm.prior_logp(sde, labels=labels)) if exact_prior else None
-        return sde, gm.conditional_score_model(sde), data, None, class_prior, desc
-    return sde, gm.score_model(sde), data, gm.prior_logp(sde) if exact_prior else None, None, desc
-
-
 def run(args: argparse.Namespace) -> int:
     import math
 
     import torch
 
-    from .. import distributed as D
-    from ..likelihood_dataset import evaluate_dataset
-    from ..progress import ProgressBar
+    from ..likelihood_dataset import evaluate_to_folder
+    from ..sources import likelihood_source
 
     for name in ("rtol", "atol", "eps"):  # counts, --device and --out: sdeflow.cli.check_common
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    sde, score, data, prior, class_prior, desc = _source(args)
-    net = getattr(score, "net", None)
-    if args.dtype == "float64" and isinstance(net, torch.nn.Module):
-        net.double()  # the network computes in the solver's dtype
-    ctx = D.init_from_env(args.device)
-    try:
-        if hasattr(score, "to"):
-            score.to(ctx.device)
-        show = ctx.is_main and not args.no_progress
-        bar = ProgressBar(f"likelihood (rank 0 of {ctx.world_size})", "ex", enabled=show)
-        result = evaluate_dataset(
-            sde, score, data, limit=args.limit, batch_size=args.batch_size, seed=args.seed, draws=args.draws,
-            bound=args.bound, ctx=ctx, progress=bar, description=desc, split=args.split,
-            conditional=args.conditional, class_prior=class_prior,
+    source = likelihood_source(**call_args(args, likelihood_source))
+    with progress_bar(args, "likelihood (rank 0 of {world})", "ex") as bar:
+        files = evaluate_to_folder(
+            source, args.out, device=args.device, progress=bar, limit=args.limit, batch_size=args.batch_size,
+            seed=args.seed, draws=args.draws, bound=args.bound, split=args.split, conditional=args.conditional,
             method=args.method, rtol=args.rtol, atol=args.atol, eps=args.eps, divergence=args.divergence,
             probes=args.probes, dtype=getattr(torch, args.dtype), time_variable=args.time_variable,
-            max_steps=args.max_steps, prior_logp=prior, state_dtype=getattr(torch, args.state_dtype),
-            error_control=args.error_control,
+            max_steps=args.max_steps, state_dtype=getattr(torch, args.state_dtype), error_control=args.error_control,
         )
-        bar.close()
-    finally:
-        D.shutdown()
-    if not ctx.is_main:
+    if files is None:  # another torchrun process: rank 0 writes and reports
         return 0
-    paths = result.write(args.out)
+    result = files.result
     s, key = result.summary, result.key
     print(f"{key}: {s[f'mean_{key}']:.4f} +- {s[f'{key}_std_err']:.4f} over {len(result.rows)} examples, "
           f"NFE mean {s['nfe_mean']:.0f} max {s['nfe_max']:.0f}")
@@ -179,5 +119,5 @@ def run(args: argparse.Namespace) -> int:
     if args.conditional:
         per = s[f"per_class_{key}"]
         print(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+    print(f"wrote {', '.join(str(p) for p in files.paths)}")
     return 0

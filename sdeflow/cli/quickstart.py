@@ -8,9 +8,10 @@ checkpoint), ``OUT/report.json``, ``OUT/samples.png``, ``OUT/loss.png`` and ``OU
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from ._common import progress_bar
 
 HELP = "Train on the built-in digits, evaluate test bits/dim and sample; write runs/quickstart/ (a few minutes)."
 
@@ -32,10 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from sdeflow.export import deployment_report
 
     from .. import quickstart as qs
-    from .._utils import atomic_write
-    from .._validate import json_safe
     from ..data import load_dataset
-    from ..progress import ProgressBar
 
     if args.n_test < 2:
         raise ValueError(f"--n-test must be >= 2 (a standard error needs two images); got {args.n_test}.")
@@ -46,17 +44,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"sdeflow quickstart: 8x8 digits ({len(train_set)} train / {len(test_set)} test images, 17 levels), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    bar = ProgressBar("train", "step", enabled=not args.no_progress)
-    result, ckpt = qs.train_digits(out / "model", steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                   overwrite=args.overwrite, progress=bar)
-    bar.close()
+    with progress_bar(args, "train", "step") as bar:
+        result, ckpt = qs.train_digits(out / "model", steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                                       overwrite=args.overwrite, progress=bar)
     print(f"trained {qs.checkpoint.num_parameters(ckpt.net):,}-parameter UNet for {args.steps} steps in "
           f"{result.seconds:.0f} s; test loss {result.test_loss[-1][1]:.3f}")
 
     t0 = time.perf_counter()
-    bar = ProgressBar("bits/dim", "draw", enabled=not args.no_progress)
-    bpd = qs.evaluate_bits_per_dim(ckpt, train_set, test_set, args.n_test, args.seed, progress=bar)
-    bar.close()
+    with progress_bar(args, "bits/dim", "draw") as bar:
+        bpd = qs.evaluate_bits_per_dim(ckpt, train_set, test_set, args.n_test, args.seed, progress=bar)
     test_bpd = bpd.report(time.perf_counter() - t0)
     print(f"test bits/dim on {test_bpd['n_images']} images: model {test_bpd['model']:.3f} +- "
           f"{test_bpd['model_stderr']:.3f} (importance-weighted over {qs.DRAWS} draws "
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"time to DDIM-50's quality: {ttq['best']} with {ttq['best_steps']} steps under onnxruntime is {speed} "
               "faster than PyTorch eager DDIM-50")
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    atomic_write(out / "report.json", lambda p: p.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False)))
+    path = qs.write_report(out, report)
     print(qs.summary_table(report))
-    print(f"wrote {out / 'report.json'}, {', '.join(map(str, figures))} and the checkpoint {out / 'model'}")
+    print(f"wrote {path}, {', '.join(map(str, figures))} and the checkpoint {out / 'model'}")
     return 0

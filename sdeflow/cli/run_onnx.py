@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 HELP = "Draw samples from an ONNX graph written by `sdeflow export`, with onnxruntime (CUDA when available)."
 
@@ -30,36 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdeflow.export.runtime import OnnxSampler
+    from sdeflow.export import onnx_samples_to_file
 
-    from ..images import output_format, picture_extras, save_samples
-
-    out = Path(args.out)
-    output_format(out, name="--out")
-    sampler = OnnxSampler(args.model, providers=args.providers)
-    output_format(out, sampler.info.sample_shape, name="--out")
-    labels = None
-    if args.classes is not None:
-        from ..conditioning import class_labels
-
-        labels = class_labels(args.classes, args.batch, sampler.info.num_classes, "--class").numpy()
-    elif args.guidance is not None:
-        raise ValueError("--guidance needs --class (the classes to guide towards), e.g. --class 3 --guidance 2.")
-    elif sampler.info.num_classes is not None:
-        raise ValueError(f"{args.model} is a guided graph of {sampler.info.num_classes} classes: pass --class "
-                         "(e.g. --class 3 --guidance 2).")
-    if args.guidance is not None:
-        from ..conditioning import check_guidance
-
-        check_guidance(args.guidance, "--guidance")
-    x0 = sampler.sample(args.batch, seed=args.seed, steps=args.steps, class_labels=labels,
-                        guidance=args.guidance or 0.0)
-    data = json.loads(sampler.info.properties.get("sdeflow.data", "{}")) or None
-    save_samples(out, x0, scale=args.scale, **picture_extras(out, sampler.info.sample_shape, data_info=data))
+    res = onnx_samples_to_file(
+        args.model, args.out, args.batch, seed=args.seed, steps=args.steps, providers=args.providers,
+        classes=args.classes, guidance=args.guidance, scale=args.scale,
+        names={"out": "--out", "classes": "--class", "guidance": "--guidance"},
+    )
+    info = res.info
     print(
-        f"{args.batch} samples {list(sampler.info.sample_shape)} from {args.model} on {sampler.device} "
-        f"({sampler.info.sampler} {sampler.info.options}, {args.steps or sampler.info.steps} steps"
-        + ("" if labels is None else f", classes {sorted(set(labels.tolist()))}, guidance {args.guidance or 0.0:g}")
-        + f") -> {out}"
+        f"{res.n} samples {list(info.sample_shape)} from {args.model} on {res.device} ({info.sampler} {info.options}, "
+        f"{res.steps} steps" + ("" if res.classes is None else f", classes {res.classes}, guidance {res.guidance:g}")
+        + f") -> {res.path}"
     )
     return 0

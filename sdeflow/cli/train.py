@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import call_args, progress_bar
+
 HELP = "Train a score model (EMA weights, periodic test loss, resumable; multi-process under torchrun)."
 
 
@@ -34,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="class-conditional network (the data's labels; classifier-free guidance at sampling time)")
     p.add_argument("--p-uncond", type=float, default=0.1,
                    help="with --conditional: probability of training on the null class (default: 0.1)")
-    p.add_argument("--model", default=None, help='network config as JSON, e.g. \'{"type": "unet", "channels": 32}\'')
+    p.add_argument("--model", default=None,
+                   help='network config as JSON, e.g. \'{"type": "unet", "channels": 32}\'')
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -55,56 +58,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    from ..distributed import rank_and_world
+    from ..progress import Progress
     from ..train import TrainConfig, train
 
+    bad = f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}."
     try:
         model = json.loads(args.model) if args.model else None
     except json.JSONDecodeError as err:
-        raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.") from err
+        raise ValueError(bad) from err
     if model is not None and not isinstance(model, dict):
-        raise ValueError(f"--model must be a JSON object like '{{\"type\": \"unet\"}}'; got {args.model!r}.")
-    config = TrainConfig(
-        data=args.data, levels=args.levels, scale=args.scale, offset=args.offset, sde=args.sde, model=model,
-        prediction=args.prediction, loss=args.loss, conditioning=args.conditioning,
-        weighting=args.weighting, importance_sampling=args.importance_sampling, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, lr_schedule=args.lr_schedule,
-        ema_decay=args.ema_decay, grad_clip=args.grad_clip, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, conditional=args.conditional,
-        p_uncond=args.p_uncond,
-    )
-    from ..progress import Progress, ProgressBar
-
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    bar = ProgressBar("train", "step", enabled=rank0 and not args.no_progress)
+        raise ValueError(bad)
+    config = TrainConfig(**call_args(args, TrainConfig, model=model))
     last_test: dict[str, float] = {}
+    with progress_bar(args, "train", "step") as bar:
 
-    def callback(event) -> None:
-        if event.test_loss is not None:
-            last_test["test"] = event.test_loss
-            if not bar.enabled:
-                print(f"step {event.step}: loss {event.loss:.4f}  test loss {event.test_loss:.4f}", flush=True)
-        bar(Progress("train", event.step, event.steps, {"loss": event.loss, **last_test}))
+        def callback(event: Progress) -> None:  # the bar shows the loss and the latest test loss
+            loss = event.info["loss"]
+            if "test_loss" in event.info:
+                last_test["test"] = event.info["test_loss"]
+                if not bar.enabled:
+                    print(f"step {int(event.done)}: loss {loss:.4f}  test loss {last_test['test']:.4f}", flush=True)
+            bar(Progress("train", event.done, event.total, {"loss": loss, **last_test}))
 
-    try:
-        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, callback=callback,
-                       device=args.device)
-    finally:
-        bar.close()
-    if rank0:
-        new = result.steps - result.start_step
-        if new == 0:
-            msg = f"nothing to train: the run is already at step {result.steps} (raise --steps to train longer)"
-        elif result.start_step:
-            msg = f"trained steps {result.start_step + 1}..{result.steps} ({new} new steps) in {result.seconds:.1f} s"
-        else:
-            msg = f"trained {new} steps in {result.seconds:.1f} s"
-        tail = result.loss[-min(100, len(result.loss)):]
-        if tail:
-            msg += f"; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}"
-        if result.test_loss:
-            msg += f"; test loss {result.test_loss[-1][1]:.4f}"
-        print(msg)
+        result = train(config, **call_args(args, train, callback=callback))
+    if rank_and_world()[0] == 0:
+        print(result.summary())
         print(f"checkpoint: {result.checkpoint}  (sdeflow.load or --checkpoint {result.checkpoint})")
     return 0

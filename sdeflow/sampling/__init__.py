@@ -24,7 +24,7 @@ from .grids import (
 from .many import sample_many
 from .methods import DDIM, DDPM, DEIS, IPNDM, PC, DPMSolverPP, DPMSolverPPSDE, GridSampler, Heun, Sampler, UniPC
 from .names import DEFAULT_GRIDS, GRIDS, SAMPLERS, make_grid, make_sampler
-from .plan import Plan, StepInfo, run_plan
+from .plan import Plan, run_plan
 from .solvers import ODESolver, SDESolver
 from .tuning import CalibrationReference, TuneResult, calibration_reference, load_grid, save_grid, tune_grid
 
@@ -68,7 +68,6 @@ __all__ = [
     "CONTINUOUS_GRIDS",
     "DISCRETE_SPACINGS",
     "Plan",
-    "StepInfo",
     "run_plan",
     "load_grid",
     "save_grid",

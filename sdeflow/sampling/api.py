@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from .._validate import bad_value, check_batch, check_device, check_int, model_signature
 from ..parametrization import DDPMTimesteps, ScoreModel, as_score_model
+from ..progress import Progress
 from ..sde import SDE
 from ..status import Status
 from .evaluate import CountingNet
@@ -20,7 +22,7 @@ from .grids import Grid, TimeGrid, time_grid
 from .methods import GridSampler, Sampler
 from .names import make_grid, make_sampler
 from .noise import NoiseSource, per_sample_seeds
-from .plan import Plan, StepInfo, run_plan
+from .plan import Plan, run_plan
 from .solvers import ODESolver, SDESolver
 
 __all__ = ["sample", "SampleResult", "compile_plan", "network_labels", "denoised_trajectory"]
@@ -132,7 +134,7 @@ def sample(
     noise: Tensor | Callable[[int], Tensor] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    callback: Callable[[StepInfo], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
     cond: Any = None,
     guidance: float | None = None,
     guidance_rescale: float | None = None,
@@ -178,7 +180,9 @@ def sample(
             guided output is pulled towards the per-sample standard deviation of the conditional output.
         guidance_interval: (t_lo, t_hi): guide only while t_lo <= t <= t_hi (Kynkaanniemi et al. 2024); elsewhere
             w = 0 and an evaluation is one pass of B rows.
-        callback: called with a ``StepInfo`` after each step (each evaluation for ODE/SDE solvers).
+        callback: called with a ``sdeflow.progress.Progress`` ('sample') after each grid step: info t and nfe,
+            tensors denoised (x0_hat); for ODE/SDE solvers after each network evaluation: done = nfe of total
+            ``math.inf``, info nfe.
     """
     t_start = time.perf_counter()
     if method is not None:
@@ -263,7 +267,7 @@ def sample(
             wrapped = ScoreModel(counter, model.sde, model.prediction, model.time_label, model.t_min)
             if callback is not None:
                 counter.on_call = lambda: callback(
-                    StepInfo(step=counter.calls, total=-1, t=float("nan"), nfe=counter.calls)
+                    Progress("sample", counter.calls, math.inf, {"nfe": counter.calls})
                 )
             if isinstance(smp, SDESolver):
                 from .solvers import solve_reverse_sde
@@ -391,16 +395,16 @@ def denoised_trajectory(
     model: ScoreModel | Callable[[Tensor, Tensor], Tensor], sde: SDE, **sample_kwargs: Any
 ) -> tuple[SampleResult, list[Tensor]]:
     """Sample as ``sample(model, sde, **sample_kwargs)`` and collect the denoised estimate x0_hat after every grid
-    step (``StepInfo.denoised``): a picture of how a sampler converges (``sdeflow.images.save_trajectory``). Fixed-grid
-    samplers only (ODE/SDE solvers report no denoised estimate)."""
+    step (``Progress.tensors['denoised']``): a picture of how a sampler converges (``sdeflow.images.save_trajectory``).
+    Fixed-grid samplers only (ODE/SDE solvers report no denoised estimate)."""
     if "callback" in sample_kwargs:
         raise ValueError("denoised_trajectory uses the progress callback itself; do not pass `callback`.")
     frames: list[Tensor] = []
 
-    def collect(info: StepInfo) -> None:
-        if info.denoised is None:
+    def collect(event: Progress) -> None:
+        if "denoised" not in event.tensors:
             raise ValueError("this sampler reports no denoised estimate (torchsde/torchdiffeq solvers own the steps).")
-        frames.append(info.denoised.detach().cpu())
+        frames.append(event.tensors["denoised"].detach().cpu())
 
     result = sample(model, sde, callback=collect, **sample_kwargs)
     return result, frames

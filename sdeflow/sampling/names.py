@@ -18,7 +18,7 @@ from .grids import DDPMSpacing, Grid, Karras, LogSNR, Quadratic, Times, Uniform
 from .methods import DDIM, DDPM, DEIS, IPNDM, PC, DPMSolverPP, DPMSolverPPSDE, GridSampler, Heun, Sampler, UniPC
 from .solvers import ODESolver, SDESolver
 
-__all__ = ["SAMPLERS", "GRIDS", "make_sampler", "make_grid", "sampler_names"]
+__all__ = ["SAMPLERS", "GRIDS", "make_sampler", "make_grid", "grid_option", "sampler_names"]
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls  # type: ignore[misc]
@@ -96,6 +96,21 @@ def make_grid(
     if isinstance(spec, (torch.Tensor, list, tuple, np.ndarray)):
         return Times(tuple(np.asarray(torch.as_tensor(spec, dtype=torch.float64)).tolist()))
     raise TypeError(f"`grid` must be a grid name, a Grid object or a tensor of times; got {type(spec).__name__}.")
+
+
+def grid_option(grid: str | None = None, rho: float | None = None) -> Grid | str | None:
+    """The grid a command line names: a name from ``GRIDS`` (passed on as is), a tuned grid's .json file
+    (``sdeflow.sampling.load_grid``), ``Karras(rho)`` when the Karras exponent ``rho`` is given (with ``grid``
+    None or 'karras'), or None (the sampler's default)."""
+    if rho is not None:
+        if grid not in (None, "karras"):
+            raise ValueError(f"--rho (`rho`) applies to the karras grid; got --grid {grid}.")
+        return Karras(rho=rho)
+    if isinstance(grid, str) and grid.endswith(".json"):
+        from .tuning import load_grid
+
+        return load_grid(grid)
+    return grid
 
 
 # The grid each sampler uses when none is given (continuous-time networks): the grid with the lowest geometric-mean

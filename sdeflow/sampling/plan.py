@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from ..parametrization import output_conversion
+from ..progress import Progress
 from .grids import GridPoint, TimeGrid
 
-__all__ = ["Lin", "Eval", "Update", "Langevin", "Plan", "PlanBuilder", "Evaluation", "run_plan", "StepInfo"]
+__all__ = ["Lin", "Eval", "Update", "Langevin", "Plan", "PlanBuilder", "Evaluation", "run_plan"]
 
 Key = Union[str, tuple[str, int]]  # noqa: UP007 - a runtime alias (Python 3.10 has no `type` statement)
 Terms = tuple[tuple[Key, float], ...]
@@ -248,19 +249,6 @@ class PlanBuilder:
         )
 
 
-@dataclass(frozen=True)
-class StepInfo:
-    """What a progress ``callback`` receives: after each grid step of a plan (``denoised`` = x0_hat of the step's
-    last evaluation, [B, *sample_shape]); for torchsde / torchdiffeq solvers after each network evaluation, with
-    ``total = -1``, ``t = nan`` and ``denoised = None``, since the solver owns the steps."""
-
-    step: int
-    total: int
-    t: float
-    nfe: int
-    denoised: Tensor | None = None
-
-
 def _combine(terms: Terms, x: Tensor, regs: dict[Key, Tensor]) -> Tensor:
     acc: Tensor | None = None
     for key, c in terms:
@@ -279,10 +267,14 @@ def run_plan(
     net: Callable[[Tensor, int], Tensor],
     x: Tensor,
     noise: Callable[[], Tensor],
-    callback: Callable[[StepInfo], None] | None = None,
+    callback: Callable[[Progress], None] | None = None,
 ) -> Tensor:
     """THE loop: execute ``plan`` from x = x_T. ``net(x_in, i)`` returns the raw network output of evaluation i
-    (the caller supplies each evaluation's label); ``noise()`` returns the next standard normal draw."""
+    (the caller supplies each evaluation's label); ``noise()`` returns the next standard normal draw.
+
+    ``callback`` gets ``Progress('sample', step, steps, {'t': end time of the step, 'nfe': evaluations so far},
+    {'denoised': x0_hat of the step's last evaluation})`` after each grid step (no 'denoised' before the first
+    evaluation)."""
     keep = plan.registers_read()
     regs: dict[Key, Tensor] = {}
     last_x0: tuple[Tensor, Tensor, tuple[float, float]] | None = None
@@ -308,10 +300,10 @@ def run_plan(
             e = op.scale * (op.snr * ratio) ** 2
             x = x + e * s + torch.sqrt(2 * e) * z
         if op.step is not None and callback is not None:
-            denoised = None
+            tensors: dict[str, Tensor] = {}
             if last_x0 is not None:
                 x_in, out, (p, q) = last_x0
-                denoised = x_in * p + out * q
-            t_end = float(plan.grid.t[op.step])
-            callback(StepInfo(step=op.step, total=plan.steps, t=t_end, nfe=evals, denoised=denoised))
+                tensors["denoised"] = x_in * p + out * q
+            info = {"t": float(plan.grid.t[op.step]), "nfe": evals}
+            callback(Progress("sample", op.step, plan.steps, info, tensors))
     return x

@@ -245,6 +245,11 @@ class TuneResult:
     reference_tol: float
     wall_time: float
 
+    @property
+    def best_builtin(self) -> str:
+        """The built-in grid with the least calibration error (the key of ``baselines`` other than 'dp')."""
+        return min((k for k in self.baselines if k != "dp"), key=lambda k: self.baselines[k])
+
     def info(self) -> dict:
         """A JSON-friendly record of how the grid was made (what ``save_grid`` stores next to the times)."""
         return {
