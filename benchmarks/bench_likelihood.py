@@ -10,13 +10,14 @@ Problems (one Rademacher probe per example, the same probes everywhere):
   mlp64      a smooth 64-D eps-MLP (noise-level conditioning) trained briefly on a 64-D mixture, VP, 32 points;
   quickstart the quickstart UNet on 32 dequantised test digits (trained here with the quickstart config if no
              checkpoint is given).
-Truth: sdeflow in float64 (state and network) at rtol = atol = 1e-10 with the same probes. Each option is run at
-rtol = atol in TOLS (four per decade, loosest first); the error is the worst example's |log p - truth| / D, and the
+Truth: sdeflow in float64 (state and network) at rtol = atol = 1e-10 in t with the same probes. Each option is run
+at rtol = atol in TOLS (eight per decade, loosest first); the error is the worst example's |log p - truth| / D, and the
 row reports the loosest tolerance whose error is <= 1e-4 nats/dim, with its NFE and wall time (the fastest of at
 least 3 runs totalling at least 2 s, one torch thread: the minimum is the time least disturbed by other jobs) and
 the process's CPU time (fastest run), which other jobs on the machine hardly affect.
 
-Also: the noise-conditioning gain (the quickstart UNet trained with label t, label_scale 1000, as before issue 12,
+Also: NFE to 1e-4 nats/dim (baseline, default, default in t) on nine more mixture oracles (VP, sub-VP, VE; D = 8, 16,
+64), the noise-conditioning gain (the quickstart UNet trained with label t, label_scale 1000, as before issue 12,
 against the default noise-level conditioning: NFE at rtol = atol = 1e-5 and test bits/dim), the float32 floor of the
 accumulated log-density, and the Hutchinson variance of the score-only estimate against the whole-field estimate.
 
@@ -48,8 +49,9 @@ OPTIONS = {  # label -> log_likelihood keyword arguments: the options added one 
         state_dtype=None, error_control="all", time_variable="t"),
     "  + float64 state": dict(state_dtype=F64, error_control="all", time_variable="t"),
     "  + control: RMS over each example's state": dict(state_dtype=F64, error_control="rms", time_variable="t"),
-    "  + time sigma/alpha, state x/alpha = DEFAULT": dict(),
+    "  + time sigma/alpha, state x/alpha = DEFAULT": dict(time_variable="auto"),
     "  default with time variable log_snr": dict(time_variable="log_snr"),
+    "  default with control x and log p each": dict(error_control="all"),
     "  default with log p control (x 10x looser)": dict(error_control="log_p"),
 }
 BASELINE = "baseline (score_sde: scipy RK45, t)"
@@ -140,6 +142,41 @@ def reach_target(name: str, sde, model, x: torch.Tensor, seeds: torch.Tensor, tr
             print(f"   vs baseline: {label:66s} NFE {base['nfe'] / row['nfe']:.2f}x fewer, "
                   f"wall {base['wall'] / row['wall']:.2f}x faster, CPU {base['cpu'] / row['cpu']:.2f}x less")
     return rows
+
+
+def loosest_nfe(run, truth: torch.Tensor, d: int) -> int | None:
+    """NFE at the loosest tolerance in TOLS whose worst error is <= TARGET (None if none is)."""
+    for tol in TOLS:
+        log_p, nfe = run(tol)
+        if ((log_p - truth).abs() / d).max().item() <= TARGET:
+            return nfe
+    return None
+
+
+def oracle_nfe(sde, dim: int, k: int, scale: float) -> list[int | None]:
+    """NFE to TARGET on GaussianMixture.random(dim, k, scale): baseline, sdeflow default, sdeflow default in t."""
+    seeds = torch.arange(32)
+    gm = GaussianMixture.random(dim, k, scale, generator=torch.Generator().manual_seed(0))
+    x, model = gm.sample(32, generator=torch.Generator().manual_seed(1)), gm.score_model(sde)
+    truth, noise = truth_of(sde, model, x, seeds), draw_probes("rademacher", x.shape[1:], 1, seeds)[0]
+
+    def sdeflow_run(tol, **kw):
+        r = log_likelihood(sde, model, x, divergence="rademacher", seeds=seeds, rtol=tol, atol=tol, **kw)
+        return r.log_p.double(), r.nfe
+
+    return [loosest_nfe(lambda tol: baseline_log_likelihood(sde, model.score, x, noise, rtol=tol, atol=tol), truth,
+                        dim), loosest_nfe(sdeflow_run, truth, dim),
+            loosest_nfe(lambda tol: sdeflow_run(tol, time_variable="t"), truth, dim)]
+
+
+def oracle_sweep() -> None:
+    print(f"\nMixture oracles: NFE to reach {TARGET:.0e} nats/dim (worst of 32 points), baseline vs sdeflow")
+    print(f"   {'oracle':40s} {'baseline':>9s} {'default':>8s} {'default in t':>13s}")
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        for dim, k, scale in ((8, 3, 2.0), (16, 4, 3.0), (64, 4, 1.0)):
+            nfe = oracle_nfe(sde, dim, k, scale)
+            label = f"{type(sde).__name__}, GaussianMixture.random({dim}, {k}, {scale})"
+            print(f"   {label:40s} {nfe[0]!s:>9s} {nfe[1]!s:>8s} {nfe[2]!s:>13s}")
 
 
 def truth_of(sde, model, x, seeds, net=None) -> torch.Tensor:
@@ -280,6 +317,7 @@ def main() -> None:
     reach_target(f"quickstart UNet ({ckpt})", qs.sde, qs.score_model, x, seeds,
                  truth_of(qs.sde, qs.score_model, x, seeds, qs.net))
 
+    oracle_sweep()
     conditioning_gain(ckpt, old)
     float32_floor()
     hutchinson_variance(qs)
