@@ -105,15 +105,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if files is None:  # another torchrun process: rank 0 writes and reports
         return 0
-    result = files.result
-    s, key = result.summary, result.key
-    print(f"{key}: {s[f'mean_{key}']:.4f} +- {s[f'{key}_std_err']:.4f} over {len(result.rows)} examples, "
-          f"NFE mean {s['nfe_mean']:.0f} max {s['nfe_max']:.0f}")
-    if result.discrete and args.draws > 1:
-        print(f"bits/dim over {args.draws} draws: plain {s['mean_plain_bpd']:.4f}, importance-weighted "
-              f"{s['mean_importance_bpd']:.4f} (reported as bpd: {args.bound})")
-    if args.conditional:
-        per = s[f"per_class_{key}"]
-        print(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
-    print(f"wrote {', '.join(str(p) for p in files.paths)}")
+    print("\n".join(files.lines()))
     return 0

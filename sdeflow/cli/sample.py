@@ -73,8 +73,5 @@ def run(args: argparse.Namespace) -> int:
                                                  names=FLAGS))
     if res is None:  # another torchrun process: rank 0 writes and reports
         return 0
-    if res.trajectory is not None:
-        print(f"trajectory of {res.trajectory_shape[0]} samples ({res.trajectory_shape[1]} steps) -> {res.trajectory}")
-    print(f"{res.n} samples -> {res.path}  (sampler {res.sampler}, {res.steps} steps, NFE {res.nfe} in all, "
-          f"{res.world_size} process(es), status {res.status})")
+    print("\n".join(res.lines()))
     return 0 if res.status == "success" else 1

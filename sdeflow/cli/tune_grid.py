@@ -60,10 +60,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"reference: dopri5 at {tuning.reference_tol:g} on {tuning.calibration} calibration x_T (seed {args.seed}) "
           "...", flush=True)
     for res in tuning.run():
-        best = res.best_builtin
-        print(
-            f"NFE {res.nfe:>3} ({res.steps} steps): calibration error {res.error:.3e}, best built-in grid {best} "
-            f"{res.baselines[best]:.3e} ({res.baselines[best] / res.error:.2f}x), from {res.start}, "
-            f"{res.evaluations} runs, {res.wall_time:.1f} s -> {tuning.paths[res.nfe]}"
-        )
+        print(f"{res.summary()} -> {tuning.paths[res.nfe]}")
     return 0
