@@ -174,15 +174,3 @@ def test_cli_exit_status_by_exception_class() -> None:
 
     assert _exit_status(CheckpointError("x")) == 2 and _exit_status(FolderLockedError("x")) == 2
     assert _exit_status(LikelihoodError("x")) == 1 and _exit_status(RuntimeError("x")) is None
-
-
-def test_call_args_maps_flag_destinations_to_keyword_arguments() -> None:
-    import argparse
-
-    from sdeflow.cli._common import call_args
-
-    def f(a: int, b: int = 0, *, c: int = 1, **rest: int) -> None: ...
-
-    args = argparse.Namespace(a=1, b=2, d=4, e=5)
-    assert call_args(args, f) == {"a": 1, "b": 2}
-    assert call_args(args, f, "d", b=7, c=3) == {"a": 1, "b": 7, "d": 4, "c": 3}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..sde import SDES
-from ._common import call_args, progress_bar
+from ._common import progress_bar
 
 HELP = "Exact log-likelihoods and bits/dim of a data set through the probability-flow ODE (torchrun-ready)."
 
@@ -94,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    source = likelihood_source(**call_args(args, likelihood_source))
+    source = likelihood_source(
+        args.checkpoint, oracle=args.oracle, data=args.data, split=args.split, levels=args.levels, scale=args.scale,
+        offset=args.offset, oracle_dim=args.oracle_dim, oracle_components=args.oracle_components,
+        oracle_seed=args.oracle_seed, sde=args.sde, prior=args.prior, conditional=args.conditional, limit=args.limit,
+    )
     with progress_bar(args, "likelihood (rank 0 of {world})", "ex") as bar:
         files = evaluate_to_folder(
             source, args.out, device=args.device, progress=bar, limit=args.limit, batch_size=args.batch_size,
