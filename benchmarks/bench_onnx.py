@@ -35,6 +35,7 @@ from sdeflow import DDPMTimesteps, load
 from sdeflow.export import OnnxSampler, export_sampler
 from sdeflow.export.report import CANDIDATES, time_to_quality
 from sdeflow.export.verify import relative_error
+from sdeflow.progress import Progress
 from sdeflow.sampling import DDIM, make_sampler, sample
 
 
@@ -167,6 +168,24 @@ def _replay(graph: object, static_in: torch.Tensor, static_out: torch.Tensor, x:
     return static_out.cpu().numpy()
 
 
+def print_quality(event: Progress) -> None:
+    """One line per ``time_to_quality`` progress event."""
+    i, label = event.info, event.label
+    if label == "dopri5 reference":
+        text = f"dopri5 reference: {i['seconds']:.1f} s"
+    elif label == "DDIM-50":
+        text = f"target: DDIM-50 endpoint error {i['error']:.3e}"
+    elif label.startswith("B="):
+        text = (f"  {label}: PyTorch eager DDIM-50 {i['pytorch_ddim50_ms']:.1f} ms; onnxruntime unrolled "
+                f"{i['onnxruntime_unrolled_ms']:.2f} ms, Scan {i['onnxruntime_scan_ms']:.2f} ms: {i['speedup']:.1f}x")
+    elif "max_steps" in i:
+        text = f"  {label}: not within S <= {i['max_steps']:.0f}"
+    else:
+        nfe = f" (NFE {i['nfe']:.0f})" if "nfe" in i else ""
+        text = f"  {label}: S = {i['steps']:.0f}{nfe} reaches it, error {i['error']:.3e}"
+    print(text, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/quickstart/model")
@@ -206,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             batches=tuple(batches),
             repeats=args.repeats,
             tune=tuple(t for t in args.tune.split(";") if t),
-            log=lambda m: print(m, flush=True),
+            progress=print_quality,
         )
+        print(f"  best: {ttq['best']}, S = {ttq['best_steps']}", flush=True)
         if args.cuda:
             print("\n| sampler | batch | contender | ms | speed-up |\n|---|---:|---|---:|---:|", flush=True)
             results["cuda"] = bench_cuda(model, shape, ttq["best_steps"], ttq["best"], batches, args.repeats, Path(tmp))

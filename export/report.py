@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from sdeflow.parametrization import DDPMTimesteps, ScoreModel
+from sdeflow.progress import Progress
 from sdeflow.sampling import (
     DDIM,
     DEIS,
@@ -148,7 +149,7 @@ def time_to_quality(
     repeats: int = 5,
     seed: int = 0,
     tune: tuple[str, ...] = (),
-    log: Callable[[str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> dict:
     """How much faster the best exported sampler reaches DDIM-50's quality than PyTorch eager DDIM-50.
 
@@ -162,11 +163,26 @@ def time_to_quality(
     samples), for S below their smallest S on the default grid; a tuned grid is saved as JSON next to the graph,
     which records it as its ``source``.
     Continuous-time networks only (DDPM-timestep networks end at abar = 1, not on the ODE's t = eps).
+
+    ``progress`` gets ``Progress('time to quality', done, total, info, label=...)`` with total = candidates + tuned
+    candidates + batch sizes: first (done 0) label 'dopri5 reference', info seconds, and label 'DDIM-50', info error
+    (the target); then each candidate searched (label the candidate, info steps, nfe and error when it reached the
+    target, max_steps when it did not); each tuned candidate (label '<candidate>, tuned grid', the same info: the
+    steps of the tuned grid and its NFE); each batch size timed (label 'B=<batch>', info pytorch_ddim50_ms,
+    onnxruntime_unrolled_ms, onnxruntime_scan_ms and speedup).
     """
     if isinstance(model.time_label, DDPMTimesteps):
         raise ValueError("time_to_quality compares with the PF-ODE ending at t = eps; the model uses DDPM timesteps.")
-    say = log or (lambda _msg: None)
     candidates = CANDIDATES if candidates is None else candidates
+    unknown = [k for k in tune if k not in candidates]
+    if unknown:
+        raise ValueError(f"`tune` must name candidates (one of {sorted(candidates)}); got {unknown}.")
+    total, done = len(candidates) + len(tune) + len(batches), 0
+
+    def say(label: str, **info: float) -> None:
+        if progress is not None:
+            progress(Progress("time to quality", done, total, info, label=label))
+
     x = torch.from_numpy(draw_inputs([seed + i for i in range(n)], sample_shape, model.sde.prior_std, 0)[0])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -178,20 +194,21 @@ def time_to_quality(
 
         t0 = time.perf_counter()
         ref = run(ODESolver("dopri5", rtol=1e-6, atol=1e-6)).numpy()
-        say(f"dopri5 reference: {time.perf_counter() - t0:.1f} s")
+        say("dopri5 reference", seconds=time.perf_counter() - t0)
         target = relative_error(run(DDIM()).numpy(), ref)
-        say(f"target: DDIM-50 endpoint error {target:.3e}")
+        say("DDIM-50", error=target)
         reached: dict[str, dict] = {}
         for label, smp in candidates.items():
+            done += 1
             for s in range(2, max_steps + 1):
                 err = relative_error(run(smp, s).numpy(), ref)
                 if err <= target:
                     nfe = compile_plan(model, model.sde, smp, make_grid(None, smp, False), s).nfe
                     reached[label] = {"steps": s, "nfe": nfe, "error": err}
-                    say(f"  {label}: S = {s} (NFE {nfe}) reaches it, error {err:.3e}")
+                    say(label, steps=s, nfe=nfe, error=err)
                     break
             else:
-                say(f"  {label}: not within S <= {max_steps}")
+                say(label, max_steps=max_steps)
         calib = None
         if tune:  # sdeflow.tune_grid (GITS dynamic programming + compass search) on separate calibration x_T
             x_cal = torch.from_numpy(
@@ -199,6 +216,7 @@ def time_to_quality(
             )
             calib = calibration_reference(model, model.sde, x_cal)
         for label in tune:
+            done += 1
             smp = candidates[label]
             upto = reached.get(label, {"steps": max_steps + 1})["steps"]
             for s in range(max(2, upto // 2), upto):
@@ -209,8 +227,10 @@ def time_to_quality(
                     name = f"tuned_{list(candidates).index(label)}_{smp.name}_{s}.json"  # one file per candidate
                     path = save_grid(Path(out_dir) / name, tuned.grid, tuned.info())
                     reached[f"{label}, tuned grid"] = {"steps": tuned.steps, "nfe": s, "error": err, "grid": str(path)}
-                    say(f"  {label}, tuned grid: S = {tuned.steps} reaches it, error {err:.3e} (held-out samples)")
+                    say(f"{label}, tuned grid", steps=tuned.steps, nfe=s, error=err)
                     break
+            else:
+                say(f"{label}, tuned grid", max_steps=upto - 1)
         if not reached:
             raise ValueError(f"no candidate reached DDIM-50's error {target:.3e} within {max_steps} steps")
         best = min(reached, key=lambda k: (reached[k]["nfe"], "tuned" not in k))
@@ -236,6 +256,7 @@ def time_to_quality(
             "batches": {},
         }
         for b in batches:
+            done += 1
             xb = x[:b].contiguous()
             fns: dict[str, Callable[[], object]] = {"torch": lambda xb=xb: run(DDIM(), 50, xb)}
             fns.update({f: (lambda xb=xb, r=r: r.run(xb.numpy())) for f, r in runners.items()})
@@ -248,10 +269,7 @@ def time_to_quality(
                 "form": form,
                 "speedup": round(med["torch"] / med[form], 2),
             }
-            say(
-                f"  B={b}: PyTorch eager DDIM-50 {1e3 * med['torch']:.1f} ms; onnxruntime {best} S={steps} unrolled "
-                f"{1e3 * med['unrolled']:.2f} ms, Scan {1e3 * med['scan']:.2f} ms: {med['torch'] / med[form]:.1f}x"
-            )
+            say(f"B={b}", **{k: v for k, v in out["batches"][str(b)].items() if k != "form"})
     finally:
         torch.set_num_threads(threads)
     return out

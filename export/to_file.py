@@ -31,6 +31,14 @@ class OnnxSampleFile:
     classes: list[int] | None
     guidance: float
 
+    def summary(self, model: str | Path) -> str:
+        """One line (what ``sdeflow run-onnx`` prints): the samples, their shape, the graph ``model`` they came
+        from, the device, the sampler, its options and steps, the classes and guidance of a guided graph, the file."""
+        info = self.info
+        guided = "" if self.classes is None else f", classes {self.classes}, guidance {self.guidance:g}"
+        return (f"{self.n} samples {list(info.sample_shape)} from {model} on {self.device} ({info.sampler} "
+                f"{info.options}, {self.steps} steps{guided}) -> {self.path}")
+
 
 def onnx_samples_to_file(
     model: str | Path,

@@ -126,6 +126,22 @@ class DatasetLikelihood:
         """[N] float64, the ``key`` column."""
         return torch.tensor([r[self.key] for r in self.rows], dtype=torch.float64)
 
+    def lines(self) -> list[str]:
+        """A summary in a few lines (what ``sdeflow likelihood`` prints): the mean of ``key`` with its standard error
+        and the NFE per batch; with more than one dequantisation draw both bounds' means; for a conditional
+        evaluation the mean per class."""
+        s, key = self.summary, self.key
+        lines = [f"{key}: {s[f'mean_{key}']:.4f} +- {s[f'{key}_std_err']:.4f} over {len(self.rows)} examples, "
+                 f"NFE mean {s['nfe_mean']:.0f} max {s['nfe_max']:.0f}"]
+        draws = s["settings"]["draws"]
+        if self.discrete and draws > 1:
+            lines.append(f"bits/dim over {draws} draws: plain {s['mean_plain_bpd']:.4f}, importance-weighted "
+                         f"{s['mean_importance_bpd']:.4f} (reported as bpd: {s['settings']['bound']})")
+        if s.get("conditional"):
+            per = s[f"per_class_{key}"]
+            lines.append(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
+        return lines
+
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``out_dir``/likelihood.csv, summary.json, likelihood.png and, for images, best_worst.png (each
         atomically); return the paths written."""
@@ -242,6 +258,10 @@ class LikelihoodFiles:
 
     result: DatasetLikelihood
     paths: tuple[Path, ...]
+
+    def lines(self) -> list[str]:
+        """``DatasetLikelihood.lines`` and the files written."""
+        return [*self.result.lines(), f"wrote {', '.join(str(p) for p in self.paths)}"]
 
 
 def evaluate_to_folder(

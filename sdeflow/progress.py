@@ -15,7 +15,9 @@ What each stage reports (``info`` holds numbers, ``tensors`` the tensors of the 
   ``sample_many``: chunks of this rank.
 - 'likelihood': ``log_likelihood`` the fraction of [eps, T] solved (total 1.0); ``evaluate_dataset`` examples of
   this rank.
-- 'bits/dim' (``sdeflow.quickstart``): draws done (fractional).
+- 'bits/dim' (``sdeflow.quickstart``): draws done (fractional). ``run_quickstart``: 'train', then 'bits/dim'.
+- 'time to quality' (``sdeflow.export.report.time_to_quality``): candidates searched, tuned candidates and batch sizes
+  timed; label what was measured, info its figures (seconds, error, steps, nfe; milliseconds and speedup).
 - 'compare' (``sdeflow.compare.compare``): rows scored (solver x budget); label the solver, info nfe, steps, error.
 """
 
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Progress", "ProgressBar", "PLAIN_LINES"]
+__all__ = ["Progress", "ProgressBar", "StageBars", "PLAIN_LINES"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,31 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class StageBars:
+    """Shows the events of a function that reports several stages (``sdeflow.quickstart.run_quickstart``): one
+    ``ProgressBar`` per stage, named after it, with its unit from ``units``; a new stage closes the last one's bar.
+    A context manager that closes the last bar on exit."""
+
+    def __init__(self, units: Mapping[str, str], *, enabled: bool = True, stream: TextIO | None = None):
+        self.units, self.enabled, self.stream = dict(units), enabled, stream
+        self._bar: ProgressBar | None = None
+
+    def __call__(self, event: Progress) -> None:
+        if self._bar is None or self._bar.desc != event.stage:
+            self.close()
+            self._bar = ProgressBar(event.stage, self.units.get(event.stage, ""), enabled=self.enabled,
+                                    stream=self.stream)
+        self._bar(event)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> StageBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

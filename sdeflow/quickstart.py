@@ -15,6 +15,9 @@
 4. ``save_figures`` writes the sample grids and the loss curve; ``build_report`` assembles report.json's content,
    ``write_report`` writes it and ``summary_table`` is the table the CLI prints. The ONNX stage is
    ``sdeflow.export.deployment_report``.
+
+``run_quickstart`` runs them all in order, as ``sdeflow quickstart`` does, and returns a ``QuickstartReport``
+(report.json's content, the files written, and the lines the command prints).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import json
 import math
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,8 @@ from .train import TrainConfig, TrainResult, train
 
 __all__ = [
     "DRAWS", "PROBES", "TOL", "SAMPLERS", "check_out", "train_digits", "BitsPerDimReport", "evaluate_bits_per_dim",
-    "draw_samples", "guided_samples", "save_figures", "build_report", "write_report", "summary_table",
+    "draw_samples", "guided_samples", "save_figures", "build_report", "write_report", "summary_table", "UNITS",
+    "QuickstartReport", "run_quickstart",
 ]
 
 # Likelihood settings. Probe noise biases the importance-weighted bound downwards (log-mean-exp of noisy log p), less
@@ -55,6 +60,8 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (  # label, sdeflow.sample ke
 )
 
 ProgressFn = Callable[[Progress], None]
+# the stages that report progress (``run_quickstart``'s ``progress``) and the unit of their ``done`` / ``total``
+UNITS: dict[str, str] = {"train": "step", "bits/dim": "draw"}
 
 
 def _std_err(v: Tensor) -> float:
@@ -180,8 +187,6 @@ def guided_samples(
     """Stage 3b: ``PER_CLASS`` samples of every class at guidance w = 0 and ``GUIDANCE`` (DPM-Solver++(2M), 20 steps),
     labelled by a small CNN trained on the training digits; the guided samples at ``GUIDANCE`` (one row per class)
     and the ``conditional`` section of report.json."""
-    import time
-
     from .classifier import accuracy, guided_accuracy, train_classifier
 
     if test_set.labels is None:
@@ -304,3 +309,90 @@ def summary_table(report: dict[str, Any]) -> str:
                   "digits): " + ", ".join(f"w = {w}: {a:.1%}" for w, a in c["guided_accuracy"].items())]
     lines.append(f"\ntotal {report['total_seconds']:.0f} s")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QuickstartReport:
+    """What ``run_quickstart`` did: report.json's content (``report``, written to ``path``), the figures, the
+    training result (``training``: the loss history and the exact seconds) and the trained checkpoint."""
+
+    out: Path
+    report: dict[str, Any]
+    path: Path
+    figures: tuple[Path, ...]
+    training: TrainResult
+    checkpoint: checkpoint.Checkpoint
+
+    def lines(self) -> list[str]:
+        """The lines ``sdeflow quickstart`` prints: the data and platform, one line per stage (training, test
+        bits/dim, guided samples, the ONNX export and its time to quality), ``summary_table`` and the files."""
+        r, train_result = self.report, self.training
+        b, c, onnx = r["test_bpd"], r["conditional"], r["onnx"]
+        lines = [
+            f"sdeflow quickstart: 8x8 digits ({r['data']['n_train']} train / {r['data']['n_test']} test images, 17 "
+            f"levels), torch {r['platform']['torch']}, {r['platform']['threads']} threads",
+            f"trained {r['model']['parameters']:,}-parameter UNet for {train_result.steps} steps in "
+            f"{train_result.seconds:.0f} s; test loss {train_result.test_loss[-1][1]:.3f}",
+            f"test bits/dim on {b['n_images']} images: model {b['model']:.3f} +- {b['model_stderr']:.3f} "
+            f"(importance-weighted over {DRAWS} draws {b['model_importance_weighted']:.3f} +- "
+            f"{b['model_importance_weighted_stderr']:.3f}), Gaussian {b['gaussian']:.3f} +- {b['gaussian_stderr']:.3f} "
+            f"({b['likelihood']['nfe_per_draw']} NFE per draw, {b['likelihood']['seconds']:.0f} s)",
+            f"class-conditional samples ({PER_CLASS} per class, DPM-Solver++ 20 steps): classifier accuracy "
+            + ", ".join(f"w = {w}: {a:.1%}" for w, a in c["guided_accuracy"].items())
+            + f" (the classifier: {c['classifier_test_accuracy']:.1%} on the test digits; {c['seconds']:.0f} s)",
+            f"ONNX export {onnx['onnx']} (DDIM {onnx['steps']} steps): max rel. error vs PyTorch "
+            f"{max(onnx['parity_rel_error'].values()):.1e}; onnxruntime {onnx['speedup']}x PyTorch at batch "
+            f"{onnx['batch']}",
+        ]
+        ttq = onnx.get("time_to_quality")
+        if ttq and "best" in ttq:
+            speed = ", ".join(f"{v['speedup']}x at batch {k}" for k, v in ttq["batches"].items())
+            lines.append(f"time to DDIM-50's quality: {ttq['best']} with {ttq['best_steps']} steps under onnxruntime "
+                         f"is {speed} faster than PyTorch eager DDIM-50")
+        files = ", ".join(map(str, self.figures))
+        return [*lines, summary_table(r), f"wrote {self.path}, {files} and the checkpoint {self.out / 'model'}"]
+
+
+def run_quickstart(
+    out: str | Path = "runs/quickstart", *, steps: int = 1200, batch_size: int = 128, n_test: int = 128,
+    n_samples: int = 64, seed: int = 0, overwrite: bool = False, progress: ProgressFn | None = None,
+    names: Mapping[str, str] | None = None,
+) -> QuickstartReport:
+    """The whole quickstart, as ``sdeflow quickstart``: ``train_digits`` (``steps`` of batch ``batch_size``) into
+    ``out/model``, ``evaluate_bits_per_dim`` on ``n_test`` (>= 2) test images, ``draw_samples`` (``n_samples`` per
+    sampler), ``guided_samples``, ``save_figures``, the ONNX stage (``sdeflow.export.deployment_report``:
+    out/model.onnx) and ``write_report`` (out/report.json, with the total seconds).
+
+    ``progress`` gets the stages' ``Progress`` events ('train', then 'bits/dim'; their units in ``UNITS``). An ``out``
+    that holds an earlier run's results is refused unless ``overwrite``. The arguments are checked before anything
+    is computed; ``names`` maps argument names to the names errors show (the CLI's flags, e.g. {'n_test':
+    '--n-test'}).
+    """
+    from sdeflow.export import deployment_report
+
+    from ._validate import check_int
+    from .data import load_dataset
+
+    name = (names or {}).get
+    for arg, value in (("steps", steps), ("batch_size", batch_size), ("n_samples", n_samples)):
+        check_int(value, name(arg, arg), min=1)
+    check_int(seed, name("seed", "seed"))
+    if check_int(n_test, name("n_test", "n_test")) < 2:
+        raise ValueError(f"{name('n_test', 'n_test')} must be >= 2 (a standard error needs two images); got {n_test}.")
+    out = Path(out)
+    check_out(out, overwrite)
+    t_start = time.perf_counter()
+    train_set, test_set = load_dataset("digits"), load_dataset("digits", "test")
+    result, ckpt = train_digits(out / "model", steps=steps, batch_size=batch_size, seed=seed, overwrite=overwrite,
+                                progress=progress)
+    t0 = time.perf_counter()
+    bpd = evaluate_bits_per_dim(ckpt, train_set, test_set, n_test, seed, progress=progress)
+    test_bpd = bpd.report(time.perf_counter() - t0)
+    samples, sampler_rows = draw_samples(ckpt, n_samples, seed, test_set)
+    class_grid, conditional = guided_samples(ckpt, train_set, test_set, seed)
+    figures = save_figures(out, samples, test_set, result, class_grid)
+    report = build_report(out, train_set, test_set, result, ckpt, test_bpd, sampler_rows)
+    report["conditional"] = conditional
+    report["onnx"] = deployment_report(out / "model", out, seed=seed)
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    return QuickstartReport(out, report, write_report(out, report), tuple(figures), result, ckpt)

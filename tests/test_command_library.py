@@ -62,6 +62,9 @@ def test_sample_to_file_writes_samples_metadata_and_trajectory(tmp_path) -> None
     assert meta["sampler"] == "ddim" and meta["seed"] == 3 and meta["n"] == 10 and "data" not in meta
     assert res.trajectory_shape == (8, 4) and np.load(tmp_path / "t.npy").shape[:2] == (4, 8)
     assert [(e.stage, e.done, e.total) for e in events] == [("sample", 1, 3), ("sample", 2, 3), ("sample", 3, 3)]
+    assert res.lines() == [f"trajectory of 8 samples (4 steps) -> {tmp_path / 't.npy'}",
+                           f"10 samples -> {tmp_path / 's.npy'}  (sampler ddim, 4 steps, NFE 12 in all, 1 process(es), "
+                           "status success)"]
     with pytest.raises(ValueError, match=r"`out` must end in one of"):
         sample_to_file(src, tmp_path / "s.txt", 2)
     assert not (tmp_path / "s.txt").exists()
@@ -73,6 +76,7 @@ def test_grid_tuning_checks_first_then_writes_one_grid_per_budget(tmp_path) -> N
     assert list(tuning.paths) == [4, 5] and tuning.reference_tol == 1e-10
     results = list(tuning.run())
     assert [r.nfe for r in results] == [4, 5] and results[0].best_builtin in results[0].baselines
+    assert results[1].summary().startswith(f"NFE   5 (5 steps): calibration error {results[1].error:.3e}, best ")
     doc = json.loads(tuning.paths[5].read_text())
     assert doc["info"]["model"] == {"oracle": {"dim": 2, "components": 4, "seed": 0}}
     assert len(load_grid(tuning.paths[5]).times) == 6
@@ -93,6 +97,10 @@ def test_likelihood_source_and_evaluate_to_folder(tmp_path) -> None:
     assert files is not None and [p.name for p in files.paths[:2]] == ["likelihood.csv", "summary.json"]
     assert all(p.exists() for p in files.paths) and len(files.result.rows) == 6
     assert [e.done for e in events] == [4, 6] and events[-1].total == 6
+    s = files.result.summary
+    assert files.lines() == [f"nats_per_dim: {s['mean_nats_per_dim']:.4f} +- {s['nats_per_dim_std_err']:.4f} over 6 "
+                             f"examples, NFE mean {s['nfe_mean']:.0f} max {s['nfe_max']:.0f}",
+                             f"wrote {', '.join(map(str, files.paths))}"]
     with pytest.raises(ValueError, match=r"Pass exactly one model.*`checkpoint`.*`oracle=True`"):
         likelihood_source()
     with pytest.raises(ValueError, match=r"`prior` must be 'sde' .* or 'oracle' .*; got 'exact'"):
@@ -125,6 +133,7 @@ def test_onnx_samples_to_file(tmp_path) -> None:
     path = export_ddim(model, tmp_path / "m.onnx", steps=3, sample_shape=(2,), batch_sizes=(1,), verify=False).path
     res = onnx_samples_to_file(path, tmp_path / "s.npy", 5, seed=1, providers="cpu")
     assert res.n == 5 and res.steps == 3 and res.classes is None and np.load(tmp_path / "s.npy").shape == (5, 2)
+    assert res.summary(path) == f"5 samples [2] from {path} on cpu (ddim {res.info.options}, 3 steps) -> {res.path}"
     with pytest.raises(ValueError, match=r"^guidance needs classes"):
         onnx_samples_to_file(path, tmp_path / "g.npy", 5, guidance=1.0, providers="cpu")
     with pytest.raises(ValueError, match=r"`out` must end in one of"):
@@ -165,15 +174,3 @@ def test_cli_exit_status_by_exception_class() -> None:
 
     assert _exit_status(CheckpointError("x")) == 2 and _exit_status(FolderLockedError("x")) == 2
     assert _exit_status(LikelihoodError("x")) == 1 and _exit_status(RuntimeError("x")) is None
-
-
-def test_call_args_maps_flag_destinations_to_keyword_arguments() -> None:
-    import argparse
-
-    from sdeflow.cli._common import call_args
-
-    def f(a: int, b: int = 0, *, c: int = 1, **rest: int) -> None: ...
-
-    args = argparse.Namespace(a=1, b=2, d=4, e=5)
-    assert call_args(args, f) == {"a": 1, "b": 2}
-    assert call_args(args, f, "d", b=7, c=3) == {"a": 1, "b": 7, "d": 4, "c": 3}

@@ -188,9 +188,16 @@ def test_time_to_quality_finds_a_sampler_that_reaches_ddim50(tmp_path):
 
     ckpt = load(_mlp_checkpoint(tmp_path / "ckpt", ContinuousTime()))
     candidates = {"dpm2": DPMSolverPP(order=2), "dpm3": DPMSolverPP(order=3)}  # same name: one grid file each
-    out = time_to_quality(
-        ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1, tune=("dpm2", "dpm3")
-    )
+    events = []
+    out = time_to_quality(ckpt.score_model, (2,), tmp_path, batches=(1, 4), n=16, candidates=candidates, repeats=1,
+                          tune=("dpm2", "dpm3"), progress=events.append)
+    labels = ["dopri5 reference", "DDIM-50", "dpm2", "dpm3", "dpm2, tuned grid", "dpm3, tuned grid", "B=1", "B=4"]
+    assert [e.label for e in events] == labels and {e.stage for e in events} == {"time to quality"}
+    assert [e.done for e in events] == [0, 0, 1, 2, 3, 4, 5, 6] and {e.total for e in events} == {6}
+    assert events[1].info["error"] == out["target_ddim50_error"]
+    assert events[-1].info["speedup"] == out["batches"]["4"]["speedup"]
+    with pytest.raises(ValueError, match=r"`tune` must name candidates \(one of \['dpm2', 'dpm3'\]\); got \['x'\]"):
+        time_to_quality(ckpt.score_model, (2,), tmp_path, candidates=candidates, tune=("x",))
     best = out["reached"][out["best"]]
     assert best["error"] <= out["target_ddim50_error"] and best["steps"] < 50
     assert out["best_onnx_error"] == pytest.approx(best["error"], rel=1e-3)

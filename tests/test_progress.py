@@ -35,3 +35,14 @@ def test_a_label_leads_the_figures_beside_the_bar() -> None:
     bar = ProgressBar("compare", "row", stream=stream)
     bar(Progress("compare", 4, 4, {"nfe": 10}, label="ddim"))
     assert stream.getvalue() == "compare: 4/4 row (ddim, nfe 10)\n"
+
+
+def test_stage_bars_show_one_bar_per_stage() -> None:
+    from sdeflow.progress import StageBars
+
+    stream = io.StringIO()
+    with StageBars({"train": "step", "bits/dim": "draw"}, stream=stream) as bars:
+        for done in (1, 2):
+            bars(Progress("train", done, 2))
+        bars(Progress("bits/dim", 4, 4))
+    assert stream.getvalue().splitlines() == ["train: 1/2 step", "train: 2/2 step", "bits/dim: 4/4 draw"]

@@ -1,12 +1,11 @@
 """What several commands share: the model source arguments (a checkpoint or the oracle), the sampler, its options and
-the time grid (mapped through the one name table, ``sdeflow.sampling.names``), the mapping of parsed arguments to a
-library function's keyword arguments, and the progress bar."""
+the time grid (mapped through the one name table, ``sdeflow.sampling.names``), and the progress bar. Each command
+passes its parsed arguments to the library by name, written out at the call."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -83,16 +82,6 @@ def sampler_from_args(args: argparse.Namespace) -> tuple[Sampler, Grid | str | N
     options = {k: getattr(args, k) for k in (*SAMPLER_FLAGS, "adaptive", "lower_order_final", "corrector")}
     sampler = make_sampler(args.sampler, **{k: v for k, v in options.items() if v is not None})
     return sampler, grid_option(args.grid, args.rho)
-
-
-def call_args(args: argparse.Namespace, func: Callable[..., Any], *names: str, **overrides: Any) -> dict[str, Any]:
-    """The keyword arguments of ``func`` (and ``names``, for those it takes through ``**``) that the parsed ``args``
-    hold under the same name, then ``overrides``: a flag's destination is the library argument's name, so the
-    mapping from flags to a library call is written once. A flag whose name means something else to ``func`` (the
-    sampler's ``--rtol`` beside ``export_sampler(rtol=)``, the verification tolerance) must be overridden or the
-    call written out."""
-    wanted = set(inspect.signature(func).parameters) | set(names)
-    return {**{k: v for k, v in vars(args).items() if k in wanted}, **overrides}
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..sde import SDES
-from ._common import call_args, progress_bar
+from ._common import progress_bar
 
 HELP = "Exact log-likelihoods and bits/dim of a data set through the probability-flow ODE (torchrun-ready)."
 
@@ -98,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0; got {value}.")
-    source = likelihood_source(**call_args(args, likelihood_source))
+    source = likelihood_source(
+        args.checkpoint, oracle=args.oracle, data=args.data, split=args.split, levels=args.levels, scale=args.scale,
+        offset=args.offset, oracle_dim=args.oracle_dim, oracle_components=args.oracle_components,
+        oracle_seed=args.oracle_seed, sde=args.sde, prior=args.prior, conditional=args.conditional, limit=args.limit,
+    )
     with progress_bar(args, "likelihood (rank 0 of {world})", "ex") as bar:
         files = evaluate_to_folder(
             source, args.out, device=args.device, progress=bar, limit=args.limit, batch_size=args.batch_size,
@@ -109,15 +113,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if files is None:  # another torchrun process: rank 0 writes and reports
         return 0
-    result = files.result
-    s, key = result.summary, result.key
-    print(f"{key}: {s[f'mean_{key}']:.4f} +- {s[f'{key}_std_err']:.4f} over {len(result.rows)} examples, "
-          f"NFE mean {s['nfe_mean']:.0f} max {s['nfe_max']:.0f}")
-    if result.discrete and args.draws > 1:
-        print(f"bits/dim over {args.draws} draws: plain {s['mean_plain_bpd']:.4f}, importance-weighted "
-              f"{s['mean_importance_bpd']:.4f} (reported as bpd: {args.bound})")
-    if args.conditional:
-        per = s[f"per_class_{key}"]
-        print(f"conditional {key} per class: " + ", ".join(f"{c}: {v['mean']:.3f}" for c, v in per.items()))
-    print(f"wrote {', '.join(str(p) for p in files.paths)}")
+    print("\n".join(files.lines()))
     return 0

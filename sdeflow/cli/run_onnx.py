@@ -35,10 +35,5 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes, guidance=args.guidance, scale=args.scale,
         names={"out": "--out", "classes": "--class", "guidance": "--guidance"},
     )
-    info = res.info
-    print(
-        f"{res.n} samples {list(info.sample_shape)} from {args.model} on {res.device} ({info.sampler} {info.options}, "
-        f"{res.steps} steps" + ("" if res.classes is None else f", classes {res.classes}, guidance {res.guidance:g}")
-        + f") -> {res.path}"
-    )
+    print(res.summary(args.model))
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_sampler_arguments, add_source_arguments, call_args, progress_bar, sampler_from_args
+from ._common import add_sampler_arguments, add_source_arguments, progress_bar, sampler_from_args
 
 # argument name in sdeflow.sampling.to_file -> the flag that errors name
 FLAGS = {"out": "--out", "trajectory": "--trajectory", "classes": "--class", "guidance": "--guidance",
@@ -66,15 +66,18 @@ def run(args: argparse.Namespace) -> int:
     from ..sources import model_source
 
     sampler, grid = sampler_from_args(args)
-    source = model_source(**call_args(args, model_source, oracle_dim=None if args.checkpoint else args.oracle_dim,
-                                      conditional=args.classes is not None, map_location=args.device))
+    source = model_source(args.checkpoint, oracle_dim=None if args.checkpoint else args.oracle_dim,
+                          oracle_components=args.oracle_components, oracle_seed=args.oracle_seed,
+                          conditional=args.classes is not None, map_location=args.device)
     with progress_bar(args, f"sampling ({sampler.name}, rank 0 of {{world}})", "chunk") as bar:
-        res = sample_to_file(source, **call_args(args, sample_to_file, sampler=sampler, grid=grid, progress=bar,
-                                                 names=FLAGS))
+        res = sample_to_file(
+            source, args.out, args.n, sampler=sampler, steps=args.steps, grid=grid, eps=args.eps,
+            set_alpha_to_one=args.set_alpha_to_one, seed=args.seed, classes=args.classes, guidance=args.guidance,
+            guidance_rescale=args.guidance_rescale, guidance_interval=args.guidance_interval,
+            batch_size=args.batch_size, device=args.device, scale=args.scale, trajectory=args.trajectory,
+            progress=bar, names=FLAGS,
+        )
     if res is None:  # another torchrun process: rank 0 writes and reports
         return 0
-    if res.trajectory is not None:
-        print(f"trajectory of {res.trajectory_shape[0]} samples ({res.trajectory_shape[1]} steps) -> {res.trajectory}")
-    print(f"{res.n} samples -> {res.path}  (sampler {res.sampler}, {res.steps} steps, NFE {res.nfe} in all, "
-          f"{res.world_size} process(es), status {res.status})")
+    print("\n".join(res.lines()))
     return 0 if res.status == "success" else 1

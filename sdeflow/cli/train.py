@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._common import call_args, progress_bar
+from ._common import progress_bar
 
 HELP = "Train a score model (EMA weights, periodic test loss, resumable; multi-process under torchrun)."
 
@@ -69,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(bad) from err
     if model is not None and not isinstance(model, dict):
         raise ValueError(bad)
-    config = TrainConfig(**call_args(args, TrainConfig, model=model))
+    config = TrainConfig(
+        data=args.data, levels=args.levels, scale=args.scale, offset=args.offset, sde=args.sde, model=model,
+        prediction=args.prediction, loss=args.loss, conditioning=args.conditioning, weighting=args.weighting,
+        importance_sampling=args.importance_sampling, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup=args.warmup, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, grad_clip=args.grad_clip,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        conditional=args.conditional, p_uncond=args.p_uncond,
+    )
     last_test: dict[str, float] = {}
     with progress_bar(args, "train", "step") as bar:
 
@@ -81,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                     print(f"step {int(event.done)}: loss {loss:.4f}  test loss {last_test['test']:.4f}", flush=True)
             bar(Progress("train", event.done, event.total, {"loss": loss, **last_test}))
 
-        result = train(config, **call_args(args, train, callback=callback))
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, callback=callback,
+                       device=args.device)
     if rank_and_world()[0] == 0:
         print(result.summary())
         print(f"checkpoint: {result.checkpoint}  (sdeflow.load or --checkpoint {result.checkpoint})")

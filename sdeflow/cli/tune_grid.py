@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_sampler_arguments, add_source_arguments, call_args, sampler_from_args
+from ._common import add_sampler_arguments, add_source_arguments, sampler_from_args
 
 HELP = "Tune a sampler's time grid (least endpoint error against the PF-ODE) for each NFE; one JSON per NFE."
 
@@ -55,15 +55,13 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling.to_file import grid_tuning
     from ..sources import model_source
 
-    source = model_source(**call_args(args, model_source, map_location=args.device))
-    tuning = grid_tuning(source, **call_args(args, grid_tuning, sampler=sampler_from_args(args)[0]))
+    source = model_source(args.checkpoint, oracle_dim=args.oracle_dim, oracle_components=args.oracle_components,
+                          oracle_seed=args.oracle_seed, map_location=args.device)
+    tuning = grid_tuning(source, sampler_from_args(args)[0], args.nfe, args.out, overwrite=args.overwrite,
+                         calibration=args.calibration, seed=args.seed, eps=args.eps, candidates=args.candidates,
+                         max_evals=args.max_evals, reference_tol=args.reference_tol, device=args.device)
     print(f"reference: dopri5 at {tuning.reference_tol:g} on {tuning.calibration} calibration x_T (seed {args.seed}) "
           "...", flush=True)
     for res in tuning.run():
-        best = res.best_builtin
-        print(
-            f"NFE {res.nfe:>3} ({res.steps} steps): calibration error {res.error:.3e}, best built-in grid {best} "
-            f"{res.baselines[best]:.3e} ({res.baselines[best] / res.error:.2f}x), from {res.start}, "
-            f"{res.evaluations} runs, {res.wall_time:.1f} s -> {tuning.paths[res.nfe]}"
-        )
+        print(f"{res.summary()} -> {tuning.paths[res.nfe]}")
     return 0

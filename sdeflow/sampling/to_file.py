@@ -137,6 +137,14 @@ class SampleFile:
     trajectory: Path | None = None
     trajectory_shape: tuple[int, int] = (0, 0)
 
+    def lines(self) -> list[str]:
+        """What ``sdeflow sample`` prints: the trajectory file (when written), then the samples' file, sampler,
+        steps, NFE, processes and status."""
+        lines = [] if self.trajectory is None else [
+            f"trajectory of {self.trajectory_shape[0]} samples ({self.trajectory_shape[1]} steps) -> {self.trajectory}"]
+        return [*lines, f"{self.n} samples -> {self.path}  (sampler {self.sampler}, {self.steps} steps, NFE {self.nfe} "
+                        f"in all, {self.world_size} process(es), status {self.status})"]
+
 
 def sample_to_file(
     source: ModelSource,

@@ -245,6 +245,14 @@ class TuneResult:
     reference_tol: float
     wall_time: float
 
+    def summary(self) -> str:
+        """One line: the NFE and steps, the calibration error against that of the best built-in grid (and the
+        ratio), the grid refinement began from, its sampler runs and the seconds."""
+        best = self.best_builtin
+        return (f"NFE {self.nfe:>3} ({self.steps} steps): calibration error {self.error:.3e}, best built-in grid "
+                f"{best} {self.baselines[best]:.3e} ({self.baselines[best] / self.error:.2f}x), from {self.start}, "
+                f"{self.evaluations} runs, {self.wall_time:.1f} s")
+
     @property
     def best_builtin(self) -> str:
         """The built-in grid with the least calibration error (the key of ``baselines`` other than 'dp')."""
