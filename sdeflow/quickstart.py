@@ -43,7 +43,7 @@ from .train import TrainConfig, TrainResult, train
 __all__ = [
     "DRAWS", "PROBES", "TOL", "SAMPLERS", "check_out", "train_digits", "BitsPerDimReport", "evaluate_bits_per_dim",
     "draw_samples", "guided_samples", "save_figures", "build_report", "write_report", "summary_table", "UNITS",
-    "QuickstartReport", "run_quickstart",
+    "STAGES", "QuickstartReport", "run_quickstart",
 ]
 
 # Likelihood settings. Probe noise biases the importance-weighted bound downwards (log-mean-exp of noisy log p), less
@@ -62,6 +62,7 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (  # label, sdeflow.sample ke
 ProgressFn = Callable[[Progress], None]
 # the stages that report progress (``run_quickstart``'s ``progress``) and the unit of their ``done`` / ``total``
 UNITS: dict[str, str] = {"train": "step", "bits/dim": "draw"}
+STAGES = 5  # 'quickstart' events: data loaded, trained, bits/dim, guided samples, ONNX export
 
 
 def _std_err(v: Tensor) -> float:
@@ -325,32 +326,52 @@ class QuickstartReport:
 
     def lines(self) -> list[str]:
         """The lines ``sdeflow quickstart`` prints: the data and platform, one line per stage (training, test
-        bits/dim, guided samples, the ONNX export and its time to quality), ``summary_table`` and the files."""
-        r, train_result = self.report, self.training
-        b, c, onnx = r["test_bpd"], r["conditional"], r["onnx"]
-        lines = [
-            f"sdeflow quickstart: 8x8 digits ({r['data']['n_train']} train / {r['data']['n_test']} test images, 17 "
-            f"levels), torch {r['platform']['torch']}, {r['platform']['threads']} threads",
-            f"trained {r['model']['parameters']:,}-parameter UNet for {train_result.steps} steps in "
-            f"{train_result.seconds:.0f} s; test loss {train_result.test_loss[-1][1]:.3f}",
-            f"test bits/dim on {b['n_images']} images: model {b['model']:.3f} +- {b['model_stderr']:.3f} "
+        bits/dim, guided samples, the ONNX export and its time to quality), ``summary_table`` and the files. All but
+        the last two are also reported while the run goes on (``run_quickstart``'s 'quickstart' events)."""
+        r = self.report
+        return [_data_line(r["data"]["n_train"], r["data"]["n_test"]), _train_line(r["model"]["parameters"],
+                self.training), _bpd_line(r["test_bpd"]), _guided_line(r["conditional"]), *_onnx_lines(r["onnx"]),
+                *self.closing_lines()]
+
+    def closing_lines(self) -> list[str]:
+        """The summary table and the files written: the lines printed after the stages."""
+        files = ", ".join(map(str, self.figures))
+        return [summary_table(self.report), f"wrote {self.path}, {files} and the checkpoint {self.out / 'model'}"]
+
+
+def _data_line(n_train: int, n_test: int) -> str:
+    return (f"sdeflow quickstart: 8x8 digits ({n_train} train / {n_test} test images, 17 levels), torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def _train_line(parameters: int, result: TrainResult) -> str:
+    return (f"trained {parameters:,}-parameter UNet for {result.steps} steps in {result.seconds:.0f} s; test loss "
+            f"{result.test_loss[-1][1]:.3f}")
+
+
+def _bpd_line(b: Mapping[str, Any]) -> str:
+    return (f"test bits/dim on {b['n_images']} images: model {b['model']:.3f} +- {b['model_stderr']:.3f} "
             f"(importance-weighted over {DRAWS} draws {b['model_importance_weighted']:.3f} +- "
             f"{b['model_importance_weighted_stderr']:.3f}), Gaussian {b['gaussian']:.3f} +- {b['gaussian_stderr']:.3f} "
-            f"({b['likelihood']['nfe_per_draw']} NFE per draw, {b['likelihood']['seconds']:.0f} s)",
-            f"class-conditional samples ({PER_CLASS} per class, DPM-Solver++ 20 steps): classifier accuracy "
+            f"({b['likelihood']['nfe_per_draw']} NFE per draw, {b['likelihood']['seconds']:.0f} s)")
+
+
+def _guided_line(c: Mapping[str, Any]) -> str:
+    return (f"class-conditional samples ({PER_CLASS} per class, DPM-Solver++ 20 steps): classifier accuracy "
             + ", ".join(f"w = {w}: {a:.1%}" for w, a in c["guided_accuracy"].items())
-            + f" (the classifier: {c['classifier_test_accuracy']:.1%} on the test digits; {c['seconds']:.0f} s)",
-            f"ONNX export {onnx['onnx']} (DDIM {onnx['steps']} steps): max rel. error vs PyTorch "
-            f"{max(onnx['parity_rel_error'].values()):.1e}; onnxruntime {onnx['speedup']}x PyTorch at batch "
-            f"{onnx['batch']}",
-        ]
-        ttq = onnx.get("time_to_quality")
-        if ttq and "best" in ttq:
-            speed = ", ".join(f"{v['speedup']}x at batch {k}" for k, v in ttq["batches"].items())
-            lines.append(f"time to DDIM-50's quality: {ttq['best']} with {ttq['best_steps']} steps under onnxruntime "
-                         f"is {speed} faster than PyTorch eager DDIM-50")
-        files = ", ".join(map(str, self.figures))
-        return [*lines, summary_table(r), f"wrote {self.path}, {files} and the checkpoint {self.out / 'model'}"]
+            + f" (the classifier: {c['classifier_test_accuracy']:.1%} on the test digits; {c['seconds']:.0f} s)")
+
+
+def _onnx_lines(onnx: Mapping[str, Any]) -> list[str]:
+    lines = [f"ONNX export {onnx['onnx']} (DDIM {onnx['steps']} steps): max rel. error vs PyTorch "
+             f"{max(onnx['parity_rel_error'].values()):.1e}; onnxruntime {onnx['speedup']}x PyTorch at batch "
+             f"{onnx['batch']}"]
+    ttq = onnx.get("time_to_quality")
+    if ttq and "best" in ttq:
+        speed = ", ".join(f"{v['speedup']}x at batch {k}" for k, v in ttq["batches"].items())
+        lines.append(f"time to DDIM-50's quality: {ttq['best']} with {ttq['best_steps']} steps under onnxruntime "
+                     f"is {speed} faster than PyTorch eager DDIM-50")
+    return lines
 
 
 def run_quickstart(
@@ -363,7 +384,9 @@ def run_quickstart(
     sampler), ``guided_samples``, ``save_figures``, the ONNX stage (``sdeflow.export.deployment_report``:
     out/model.onnx) and ``write_report`` (out/report.json, with the total seconds).
 
-    ``progress`` gets the stages' ``Progress`` events ('train', then 'bits/dim'; their units in ``UNITS``). An ``out``
+    ``progress`` gets the stages' ``Progress`` events ('train', then 'bits/dim'; their units in ``UNITS``) and, as
+    each of the ``STAGES`` stages ends, ``Progress('quickstart', k, STAGES, label=line)`` for each of its lines (the
+    lines of ``QuickstartReport.lines``, so a caller can print them as they come). An ``out``
     that holds an earlier run's results is refused unless ``overwrite``. The arguments are checked before anything
     is computed; ``names`` maps argument names to the names errors show (the CLI's flags, e.g. {'n_test':
     '--n-test'}).
@@ -381,18 +404,30 @@ def run_quickstart(
         raise ValueError(f"{name('n_test', 'n_test')} must be >= 2 (a standard error needs two images); got {n_test}.")
     out = Path(out)
     check_out(out, overwrite)
+    stages = iter(range(1, STAGES + 1))
+
+    def done(*lines: str) -> None:  # a stage is finished: its lines as 'quickstart' events
+        k = next(stages)
+        for line in lines if progress is not None else ():
+            progress(Progress("quickstart", k, STAGES, label=line))
+
     t_start = time.perf_counter()
     train_set, test_set = load_dataset("digits"), load_dataset("digits", "test")
+    done(_data_line(len(train_set), len(test_set)))
     result, ckpt = train_digits(out / "model", steps=steps, batch_size=batch_size, seed=seed, overwrite=overwrite,
                                 progress=progress)
+    done(_train_line(checkpoint.num_parameters(ckpt.net), result))
     t0 = time.perf_counter()
     bpd = evaluate_bits_per_dim(ckpt, train_set, test_set, n_test, seed, progress=progress)
     test_bpd = bpd.report(time.perf_counter() - t0)
+    done(_bpd_line(test_bpd))
     samples, sampler_rows = draw_samples(ckpt, n_samples, seed, test_set)
     class_grid, conditional = guided_samples(ckpt, train_set, test_set, seed)
+    done(_guided_line(conditional))
     figures = save_figures(out, samples, test_set, result, class_grid)
     report = build_report(out, train_set, test_set, result, ckpt, test_bpd, sampler_rows)
     report["conditional"] = conditional
     report["onnx"] = deployment_report(out / "model", out, seed=seed)
+    done(*_onnx_lines(report["onnx"]))
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     return QuickstartReport(out, report, write_report(out, report), tuple(figures), result, ckpt)

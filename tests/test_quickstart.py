@@ -62,8 +62,12 @@ def test_run_quickstart_is_the_command(tmp_path, monkeypatch, capsys) -> None:
     assert main(["quickstart", "--steps", "3", "--n-test", "2", "--n-samples", "4", "--out", str(out)]) == 0
     (res,) = runs
     assert capsys.readouterr().out == "\n".join(res.lines()) + "\n"
-    assert [e.stage for e in events] == ["train"] * 3 + ["bits/dim"] * (len(events) - 3)
-    assert events[-1].done == events[-1].total == qs.DRAWS
+    stage_lines = [e.label for e in events if e.stage == "quickstart"]  # printed as each stage ends
+    assert stage_lines == res.lines()[: len(stage_lines)] and len(stage_lines) >= qs.STAGES
+    bars = [e for e in events if e.stage != "quickstart"]
+    assert [e.stage for e in bars] == ["train"] * 3 + ["bits/dim"] * (len(bars) - 3)
+    assert bars[-1].done == bars[-1].total == qs.DRAWS
+    assert [e.done for e in events if e.stage == "quickstart"][: qs.STAGES] == [1, 2, 3, 4, 5]
     report = json.loads(res.path.read_text())
     assert list(report) == ["command", "data", "model", "training", "test_bpd", "samplers", "platform", "conditional",
                             "onnx", "total_seconds"]

@@ -1,8 +1,8 @@
 """``sdeflow quickstart``: the main job, end to end on the built-in 8x8 digits, in a few minutes on a laptop CPU.
 
 The work is ``sdeflow.quickstart.run_quickstart`` (its stages are the library functions of ``sdeflow.quickstart``);
-this command shows its progress and prints the lines it returns. It writes ``OUT/model`` (the checkpoint),
-``OUT/report.json``, ``OUT/samples.png``, ``OUT/loss.png`` and ``OUT/model.onnx``.
+this command shows its progress, prints each stage's line as the stage ends, then the summary. It writes
+``OUT/model`` (the checkpoint), ``OUT/report.json``, ``OUT/samples.png``, ``OUT/loss.png`` and ``OUT/model.onnx``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import StageBars
+    from ..progress import Progress, StageBars
     from ..quickstart import UNITS, run_quickstart
 
     with StageBars(UNITS, enabled=not args.no_progress) as bars:  # --out: checked by sdeflow.cli.check_common
+
+        def show(event: Progress) -> None:  # a stage's line as it ends; the stages' bars
+            if event.stage == "quickstart":
+                bars.close()
+                print(event.label, flush=True)
+            else:
+                bars(event)
+
         result = run_quickstart(args.out, steps=args.steps, batch_size=args.batch_size, n_test=args.n_test,
-                                n_samples=args.n_samples, seed=args.seed, overwrite=args.overwrite, progress=bars,
+                                n_samples=args.n_samples, seed=args.seed, overwrite=args.overwrite, progress=show,
                                 names={"n_test": "--n-test"})
-    print("\n".join(result.lines()))
+    print("\n".join(result.closing_lines()))
     return 0
