@@ -53,6 +53,7 @@ OPTIONS = {  # label -> log_likelihood keyword arguments: the options added one 
     "  default with time variable log_snr": dict(time_variable="log_snr"),
     "  default with control x and log p each": dict(error_control="all"),
     "  default with log p control (x 10x looser)": dict(error_control="log_p"),
+    "  default with method dopri8": dict(method="dopri8"),
 }
 BASELINE = "baseline (score_sde: scipy RK45, t)"
 
@@ -223,7 +224,8 @@ def mlp64() -> tuple:
 
 
 NFE_VARIANTS = {  # the options of the conditioning table: the default, then one change at a time
-    "default": {}, "t": dict(time_variable="t"), "log_snr": dict(time_variable="log_snr"),
+    "default": {}, "sigma_ratio": dict(time_variable="sigma_ratio"), "t": dict(time_variable="t"),
+    "log_snr": dict(time_variable="log_snr"),
     "log p control": dict(error_control="log_p"), "before (t, x and log p each)": dict(time_variable="t",
                                                                                       error_control="all"),
 }
