@@ -408,8 +408,9 @@ def run_quickstart(
 
     def done(*lines: str) -> None:  # a stage is finished: its lines as 'quickstart' events
         k = next(stages)
-        for line in lines if progress is not None else ():
-            progress(Progress("quickstart", k, STAGES, label=line))
+        if progress is not None:
+            for line in lines:
+                progress(Progress("quickstart", k, STAGES, label=line))
 
     t_start = time.perf_counter()
     train_set, test_set = load_dataset("digits"), load_dataset("digits", "test")
