@@ -20,7 +20,7 @@ Time variables (``TIME_VARIABLES``), with g^2 = -2 sigma^2 dlambda/dt and f = dl
     'log_snr'      tau = lambda(t) = log(alpha/sigma), state x:
                    dx/dlambda = -(2 sigma^2 / g^2) f x + sigma^2 s(x, t)   (= sigma^2 (x + s) for VP, sigma^2 s for VE).
 Measured (benchmarks/RESULTS.md): with the per-example RMS error control 'sigma_ratio' needs the fewest evaluations
-at equal accuracy on the 16-D mixture oracle, a smooth 64-D eps-MLP and the quickstart UNet (and on VE mixtures);
+to reach 1e-4 nats/dim on the 16-D mixture oracle, a smooth 64-D eps-MLP and the quickstart UNet (and on VE mixtures);
 't' is better on some low-dimensional VP/sub-VP mixtures. A network that embeds 1000 t oscillates in t (period
 ~0.006), which sets the step size (3x the evaluations of the same network conditioned on c_noise), and is best
 integrated in t. ``auto_time_variable`` (``time_variable='auto'``, the default of ``log_likelihood``) picks by that.
