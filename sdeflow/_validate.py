@@ -296,11 +296,16 @@ def _writable_ancestor(path: Path, name: str) -> None:
     if not parent.is_dir():
         raise bad_value(name, "a path whose folders can be created", path,
                         f"{parent} is a file, not a folder; pick another path.")
-    try:  # a real probe: also right for root and for read-only file systems
-        fd, probe = tempfile.mkstemp(prefix=".sdeflow-probe-", dir=parent)
+    _probe_writable(parent, name, path, "a writable location")
+
+
+def _probe_writable(folder: Path, name: str, path: object, expected: str) -> None:
+    """Create and remove a file in ``folder``: a real probe, also right for root and for read-only file systems."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".sdeflow-probe-", dir=folder)
     except OSError as err:
-        raise bad_value(name, "a writable location", path,
-                        f"Cannot create files in {parent} ({err.strerror}); pick a writable folder.") from None
+        raise bad_value(name, expected, path,
+                        f"Cannot create files in {folder} ({err.strerror}); pick a writable folder.") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -312,13 +317,7 @@ def check_output_dir(path: str | os.PathLike, name: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise bad_value(name, "a folder", path, f"{path} is an existing file; pass a folder path.")
     if path.is_dir():
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".sdeflow-probe-", dir=path)
-        except OSError as err:
-            raise bad_value(name, "a writable folder", path,
-                            f"Cannot create files in {path} ({err.strerror}); pick a writable folder.") from None
-        os.close(fd)
-        os.unlink(probe)
+        _probe_writable(path, name, path, "a writable folder")
         return path
     _writable_ancestor(path, name)
     return path
