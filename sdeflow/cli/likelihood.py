@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..divergence import DIVERGENCES, TIME_VARIABLES
+from ..likelihood import ERROR_CONTROLS
 from ..sde import SDES
 from ._common import progress_bar
 
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ode.add_argument("--rtol", type=float, default=1e-5)
     ode.add_argument("--atol", type=float, default=1e-5)
     ode.add_argument("--eps", type=float, default=1e-5)
-    ode.add_argument("--divergence", choices=["exact", "rademacher", "gaussian"], default="exact")
+    ode.add_argument("--divergence", choices=DIVERGENCES, default="exact")
     ode.add_argument("--probes", type=int, default=1, help="Hutchinson probes per example")
     ode.add_argument("--draws", type=int, default=1, help="dequantisation draws K per example (discrete data)")
     ode.add_argument(
@@ -63,12 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "bound -log2 mean_j p(y_j) / D (tighter for K > 1); both are written either way",
     )
     ode.add_argument(
-        "--error-control", choices=["rms", "all", "log_p"], default="rms",
+        "--error-control", choices=ERROR_CONTROLS, default=ERROR_CONTROLS[0],
         help="step-size control, every example held to rtol/atol: the RMS over its x and log-density (rms, default), "
         "x and the log-density each (all), or the log-density with x held 10x looser (log_p)",
     )
     ode.add_argument(
-        "--time-variable", choices=["auto", "sigma_ratio", "t", "log_snr"], default="auto",
+        "--time-variable", choices=("auto", *TIME_VARIABLES), default="auto",
         help="integration variable: sigma/alpha with the state x/alpha (sigma_ratio: EDM's ODE), t or log-SNR; auto "
         "(default): t for a network conditioned on t, else sigma_ratio",
     )
